@@ -1,0 +1,138 @@
+"""StyleGAN v1 building blocks in Flax NNX, NHWC, with equalised learning rate.
+
+Stored parameters are the checkpoint's numbers (only transposed to NHWC/HWIO);
+the run-time multipliers (``w_mul``, ``b_mul``) are applied here, as in the
+reference (shared/docs/pulse-reference.md, "Synthesis network").
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+LEAKY_SLOPE = 0.2
+INSTANCE_NORM_EPS = 1e-5
+
+# Precision of every convolution and matmul in the generator. "highest" is
+# float32 on every backend (no TF32 on GPU); the others are opt-in speed modes.
+PRECISIONS = {
+    "highest": lax.Precision.HIGHEST,
+    "default": lax.Precision.DEFAULT,
+}
+
+
+def leaky_relu(x: jax.Array, slope: float = LEAKY_SLOPE) -> jax.Array:
+    return jnp.where(x >= 0, x, x * slope)
+
+
+def per_channel(v: jax.Array, ndim: int) -> jax.Array:
+    """A (C,) vector shaped to broadcast over the last axis of an ndim array (no rank promotion)."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float = 1.0) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+
+class Dense(nnx.Module):
+    """Equalised-lr linear layer: ``x @ (kernel * w_mul) + bias * b_mul``.
+
+    kernel (in, out) is the transpose of the torch weight (out, in).
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, gain: float, lrmul: float, rngs: nnx.Rngs):
+        self.kernel = _normal(rngs, (n_in, n_out), 1.0 / lrmul)
+        self.bias = _normal(rngs, (n_out,), 0.1 / lrmul)
+        self.w_mul = gain / math.sqrt(n_in) * lrmul
+        self.b_mul = lrmul
+
+    def __call__(self, x: jax.Array, precision: str) -> jax.Array:
+        y = jnp.dot(x, self.kernel[...] * self.w_mul, precision=PRECISIONS[precision])
+        return y + per_channel(self.bias[...] * self.b_mul, y.ndim)
+
+
+class Conv(nnx.Module):
+    """Equalised-lr k x k convolution, stride 1, 'same' zero padding, HWIO kernel."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, *, gain: float, rngs: nnx.Rngs):
+        self.kernel = _normal(rngs, (k, k, c_in, c_out))
+        self.bias = _normal(rngs, (c_out,), 0.1)
+        self.w_mul = gain / math.sqrt(c_in * k * k)
+
+    def scaled_kernel(self) -> jax.Array:
+        return self.kernel[...] * self.w_mul
+
+    def __call__(self, x: jax.Array, precision: str, *, add_bias: bool = True) -> jax.Array:
+        k = self.scaled_kernel()
+        pad = k.shape[0] // 2
+        y = lax.conv_general_dilated(
+            x, k, (1, 1), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=PRECISIONS[precision],
+        )
+        return y + per_channel(self.bias[...], y.ndim) if add_bias else y
+
+
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def fused_upsample_kernel(k3: jax.Array) -> jax.Array:
+    """The reference's fused-upscale kernel: (3, 3, I, O) -> transposed-conv (4, 4, I, O).
+
+    Zero-pad to 5x5, then k4[a, b] = k5[a+1, b+1] + k5[a, b+1] + k5[a+1, b] + k5[a, b].
+    """
+    k5 = jnp.pad(k3, ((1, 1), (1, 1), (0, 0), (0, 0)))
+    return k5[1:, 1:] + k5[:-1, 1:] + k5[1:, :-1] + k5[:-1, :-1]
+
+
+def conv_transpose_2x(x: jax.Array, k4: jax.Array, precision: str) -> jax.Array:
+    """torch's ``conv_transpose2d(x, k, stride=2, padding=1)`` with k (4, 4, I, O).
+
+    A transposed convolution is a convolution of the 2x-dilated input with the
+    spatially flipped kernel, padded by kernel - 1 - padding = 2 on each side.
+    """
+    return lax.conv_general_dilated(
+        x, k4[::-1, ::-1], (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=PRECISIONS[precision],
+    )
+
+
+def blur(x: jax.Array) -> jax.Array:
+    """Depthwise [1,2,1] x [1,2,1] / 16 filter with zero padding 1, as shifted adds.
+
+    XLA's depthwise convolutions are slow (jax-ml/jax#13800); this fuses instead.
+    """
+    p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    v = p[:, :-2] + 2.0 * p[:, 1:-1] + p[:, 2:]
+    return (v[:, :, :-2] + 2.0 * v[:, :, 1:-1] + v[:, :, 2:]) * (1.0 / 16.0)
+
+
+def instance_norm(x: jax.Array) -> jax.Array:
+    """Per sample and channel over H, W; biased variance; no affine."""
+    x = x - jnp.mean(x, axis=(1, 2), keepdims=True)
+    return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True) + INSTANCE_NORM_EPS)
+
+
+class Epilogue(nnx.Module):
+    """noise -> leaky ReLU -> instance norm -> style modulation."""
+
+    def __init__(self, channels: int, dlatent_size: int, *, rngs: nnx.Rngs):
+        self.noise_weight = _normal(rngs, (channels,), 0.1)
+        self.style = Dense(dlatent_size, 2 * channels, gain=1.0, lrmul=1.0, rngs=rngs)
+
+    def __call__(self, x: jax.Array, w: jax.Array, noise: jax.Array, precision: str) -> jax.Array:
+        """x (B, H, W, C); w (B, dlatent); noise (B, H, W)."""
+        c = x.shape[-1]
+        x = x + noise[..., None] * per_channel(self.noise_weight[...], x.ndim)
+        x = instance_norm(leaky_relu(x))
+        style = self.style(w, precision)
+        scale, shift = style[:, None, None, :c], style[:, None, None, c:]
+        return x * (scale + 1.0) + shift

@@ -1,0 +1,65 @@
+"""PULSE's losses for ONE example, and the loss-string parser.
+
+The reference sums per-sample losses over its batch; here each (image, seed)
+is its own example, so each function returns that example's term.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+
+from pulse_jax.errors import PulseJaxError
+
+LOSS_NAMES = ("L2", "L1", "GEOCROSS")
+_TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([A-Za-z0-9_]+)\s*$")
+
+
+def parse_loss_str(loss_str: str) -> tuple[tuple[float, str], ...]:
+    """``"100*L2+0.05*GEOCROSS"`` -> ``((100.0, "L2"), (0.05, "GEOCROSS"))``; a bare name has weight 1."""
+    if not isinstance(loss_str, str) or not loss_str.strip():
+        raise PulseJaxError("loss_str is empty; use e.g. '100*L2+0.05*GEOCROSS'")
+    terms = []
+    for part in loss_str.split("+"):
+        m = _TERM.match(part)
+        if m is None:
+            raise PulseJaxError(f"cannot read loss term {part!r} in {loss_str!r}; write terms as WEIGHT*NAME "
+                                f"joined by '+', e.g. '100*L2+0.05*GEOCROSS'")
+        weight, name = float(m.group(1) or 1.0), m.group(2)
+        if name not in LOSS_NAMES:
+            raise PulseJaxError(f"unknown loss {name!r} in {loss_str!r}; known: {', '.join(LOSS_NAMES)}")
+        if any(n == name for _, n in terms):
+            raise PulseJaxError(f"loss {name} appears twice in {loss_str!r}")
+        terms.append((weight, name))
+    return tuple(terms)
+
+
+def mse(lr_gen: jax.Array, lr_ref: jax.Array) -> jax.Array:
+    """Unclamped mean squared error of one example: the figure the success test uses."""
+    return jnp.mean(jnp.square(lr_gen - lr_ref))
+
+
+def l2_loss(lr_gen, lr_ref, eps: float) -> jax.Array:
+    """``max(mean((D(gen) - ref)**2), eps)``: its gradient is zero once below eps."""
+    return jnp.maximum(mse(lr_gen, lr_ref), eps)
+
+
+def l1_loss(lr_gen, lr_ref, eps: float) -> jax.Array:
+    return 10.0 * jnp.maximum(jnp.mean(jnp.abs(lr_gen - lr_ref)), eps)
+
+
+def geocross_loss(w: jax.Array) -> jax.Array:
+    """Geodesic cross loss over the (L, D) styles of one example; 0 for a single (tiled) vector.
+
+    For every ordered pair (i, j): d = 2 atan2(|w_i - w_j|, |w_i + w_j|) (each norm
+    with 1e-9 under the root); the loss is mean(D * d**2) / 8.
+    """
+    if w.shape[0] == 1:
+        return jnp.zeros((), w.dtype)
+    x, y = w[None, :, :], w[:, None, :]
+    a = jnp.sqrt(jnp.sum(jnp.square(x - y), -1) + 1e-9)
+    b = jnp.sqrt(jnp.sum(jnp.square(x + y), -1) + 1e-9)
+    d = 2.0 * jnp.arctan2(a, b)
+    return jnp.mean(w.shape[-1] * jnp.square(d)) / 8.0

@@ -1,0 +1,323 @@
+"""The PULSE search: written for ONE image and ONE seed, vmapped over seeds and images, jitted once.
+
+Per step (shared/docs/pulse-reference.md, "Search loop"): w from the latent,
+generate, downscale, losses, track the best, gradient, optimiser update,
+sphere projection. The step loop runs inside the compiled program, in chunks
+of steps so that the caller can report progress between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pulse_jax.config import PulseConfig
+from pulse_jax.degrade import bicubic_downsample
+from pulse_jax.errors import PulseJaxError
+from pulse_jax.layers import leaky_relu
+from pulse_jax.losses import geocross_loss, l1_loss, l2_loss, mse
+from pulse_jax.model import Model
+from pulse_jax.optim import SphereState, make_optimizer, sphere_init, sphere_project
+
+
+class SearchInit(NamedTuple):
+    """Start values: latent (N, S, L or 1, D); noise a sequence of L arrays (N, S, r_i, r_i)."""
+
+    latent: Any
+    noise: Sequence[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """Everything the search found, per image n and seed s. Nothing is dropped."""
+
+    images: np.ndarray        # (N, S, R, R, 3) in [0, 1]: per seed the step with the lowest total loss
+    loss_history: np.ndarray  # (steps, N, S): total loss at each step, before that step's update
+    l2_history: np.ndarray    # (steps, N, S): unclamped downscaling MSE at each step
+    success: np.ndarray       # (N, S) bool: lowest MSE <= eps
+    best_step: np.ndarray     # (N, S) int: step of the returned image
+    best_loss: np.ndarray     # (N, S): total loss of the returned image
+    best_l2: np.ndarray       # (N, S): MSE of the returned image
+    min_l2: np.ndarray        # (N, S): lowest MSE over all steps (what success tests)
+    latent: np.ndarray        # (N, S, L or 1, D): final latent
+    noise: list[np.ndarray]   # L arrays (N, S, r_i, r_i): final noise maps
+    seconds: float            # wall time of the search, compile included
+    compile_seconds: float    # of which the first chunk's compile
+
+
+class SearchState(NamedTuple):
+    step: jax.Array
+    params: dict              # optimised: {"latent": (Lt, D), "noise": tuple of (1, r, r)}
+    fixed_noise: tuple        # the noise maps that are not optimised, (1, r, r) each
+    opt_state: optax.OptState
+    sphere: SphereState
+    best_loss: jax.Array
+    best_step: jax.Array
+    best_l2: jax.Array
+    min_l2: jax.Array
+    best_params: dict
+    loss_history: jax.Array   # (steps,)
+    l2_history: jax.Array     # (steps,)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Everything static about one search: one compiled program per spec and shapes."""
+
+    graphdef: Any
+    noise_shapes: tuple
+    trainable: tuple
+    zero: tuple
+    latent_rows: int
+    dlatent: int
+    terms: tuple
+    eps: float
+    factor: int
+    opt_name: str
+    learning_rate: float
+    lr_schedule: str
+    steps: int
+    precision: str
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.noise_shapes)
+
+    @property
+    def fixed(self) -> tuple:
+        return tuple(i for i in range(self.num_layers) if i not in self.trainable)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return make_optimizer(self.opt_name, self.learning_rate, self.lr_schedule, self.steps)
+
+
+def _make_spec(model: Model, config: PulseConfig, lr_size: int, precision: str) -> _Spec:
+    n = model.num_layers
+    return _Spec(
+        graphdef=model.synthesis_graphdef, noise_shapes=tuple(model.config.noise_shapes()),
+        trainable=config.trainable_layers(n), zero=config.zero_layers(n),
+        latent_rows=1 if config.tile_latent else n, dlatent=model.config.dlatent_size,
+        terms=config.loss_terms(), eps=float(config.eps), factor=model.config.resolution // lr_size,
+        opt_name=config.opt_name, learning_rate=float(config.learning_rate), lr_schedule=config.lr_schedule,
+        steps=config.steps, precision=precision,
+    )
+
+
+# ---- one image, one seed -------------------------------------------------------------------
+
+
+def _all_noise(spec: _Spec, trainable: Sequence, fixed: Sequence) -> list:
+    maps: list = [None] * spec.num_layers
+    for i, x in zip(spec.trainable, trainable, strict=True):
+        maps[i] = x
+    for i, x in zip(spec.fixed, fixed, strict=True):
+        maps[i] = x
+    return maps
+
+
+def _generate(spec: _Spec, gen_params, fit, params, fixed_noise):
+    """-> (image (R, R, 3) in about [0, 1], styles w (Lt, D))."""
+    mean, std = fit
+    w = leaky_relu(params["latent"] * std[None] + mean[None])
+    w_all = jnp.broadcast_to(w, (spec.num_layers, spec.dlatent))
+    noise = _all_noise(spec, params["noise"], fixed_noise)
+    image = nnx.merge(spec.graphdef, gen_params)(w_all[None], noise, spec.precision)
+    return (image[0] + 1.0) / 2.0, w
+
+
+def _objective(params, fixed_noise, lr_image, gen_params, fit, spec: _Spec):
+    gen, w = _generate(spec, gen_params, fit, params, fixed_noise)
+    lr_gen = bicubic_downsample(gen[None], spec.factor)[0]
+    total = jnp.zeros((), jnp.float32)
+    for weight, name in spec.terms:
+        if name == "L2":
+            term = l2_loss(lr_gen, lr_image, spec.eps)
+        elif name == "L1":
+            term = l1_loss(lr_gen, lr_image, spec.eps)
+        else:
+            term = geocross_loss(w)
+        total = total + weight * term
+    return total, mse(lr_gen, lr_image)
+
+
+def _init_one(spec: _Spec, key, latent=None, noise=None) -> SearchState:
+    """Draw (or take) the start values of one (image, seed) and build its state."""
+    keys = jax.random.split(key, spec.num_layers + 1)
+    if latent is None:
+        latent = jax.random.normal(keys[0], (spec.latent_rows, spec.dlatent), jnp.float32)
+    maps = []
+    for i, shape in enumerate(spec.noise_shapes):
+        if i in spec.zero:
+            maps.append(jnp.zeros((1, *shape), jnp.float32))
+        elif noise is not None:
+            maps.append(jnp.asarray(noise[i], jnp.float32)[None])
+        else:
+            maps.append(jax.random.normal(keys[i + 1], (1, *shape), jnp.float32))
+    params = {"latent": jnp.asarray(latent, jnp.float32), "noise": tuple(maps[i] for i in spec.trainable)}
+    fixed = tuple(maps[i] for i in spec.fixed)
+    inf = jnp.array(jnp.inf, jnp.float32)
+    return SearchState(
+        step=jnp.zeros((), jnp.int32), params=params, fixed_noise=fixed,
+        opt_state=spec.optimizer().init(params), sphere=sphere_init(params),
+        best_loss=inf, best_step=jnp.zeros((), jnp.int32), best_l2=inf, min_l2=inf, best_params=params,
+        loss_history=jnp.full((spec.steps,), jnp.nan, jnp.float32),
+        l2_history=jnp.full((spec.steps,), jnp.nan, jnp.float32),
+    )
+
+
+def _step_one(spec: _Spec, state: SearchState, lr_image, gen_params, fit) -> SearchState:
+    (total, l2), grads = jax.value_and_grad(_objective, has_aux=True)(
+        state.params, state.fixed_noise, lr_image, gen_params, fit, spec)
+    improved = total < state.best_loss  # strict, as the reference's `loss < min_loss`
+    best_params = jax.tree_util.tree_map(lambda new, old: jnp.where(improved, new, old),
+                                         state.params, state.best_params)
+    updates, opt_state = spec.optimizer().update(grads, state.opt_state, state.params)
+    params = sphere_project(optax.apply_updates(state.params, updates), state.sphere)
+    return state._replace(
+        step=state.step + 1, params=params, opt_state=opt_state,
+        best_loss=jnp.where(improved, total, state.best_loss),
+        best_step=jnp.where(improved, state.step, state.best_step),
+        best_l2=jnp.where(improved, l2, state.best_l2),
+        min_l2=jnp.minimum(state.min_l2, l2),
+        best_params=best_params,
+        loss_history=state.loss_history.at[state.step].set(total),
+        l2_history=state.l2_history.at[state.step].set(l2),
+    )
+
+
+# ---- vmapped over seeds (inner) and images (outer), jitted --------------------------------
+
+
+def _over_images_and_seeds(fn, per_seed_in_axes, per_image_in_axes):
+    return jax.vmap(jax.vmap(fn, in_axes=per_seed_in_axes), in_axes=per_image_in_axes)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _init(spec: _Spec, keys, latent, noise) -> SearchState:
+    """keys (N, S); latent (N, S, Lt, D) or None; noise: L arrays (N, S, r, r) or None."""
+    fn = functools.partial(_init_one, spec)
+    return _over_images_and_seeds(fn, 0, 0)(keys, latent, noise)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
+def _run_steps(spec: _Spec, state: SearchState, num_steps, lr_images, gen_params, fit) -> SearchState:
+    """``num_steps`` steps (a traced bound: one compile serves every chunk size)."""
+    step = _over_images_and_seeds(functools.partial(_step_one, spec), (0, None, None, None), (0, 0, None, None))
+    return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, lr_images, gen_params, fit), state)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _images(spec: _Spec, params, fixed_noise, gen_params, fit) -> jax.Array:
+    """(N, S, R, R, 3) images of the given per-example params, clipped to [0, 1]."""
+    def one(p, f):
+        return jnp.clip(_generate(spec, gen_params, fit, p, f)[0], 0.0, 1.0)
+    return _over_images_and_seeds(one, 0, 0)(params, fixed_noise)
+
+
+# ---- the public driver ----------------------------------------------------------------------
+
+
+def _per_image_keys(key, n: int) -> jax.Array:
+    if key is None:
+        key = jax.random.key(0)
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+    if key.shape == ():
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    if key.shape != (n,):
+        raise PulseJaxError(f"key must be one key or one per image ({n}), got shape {key.shape}")
+    return key
+
+
+def seed_keys(key, num_images: int, seeds: int) -> jax.Array:
+    """(N, S) keys: seed s of image n uses fold_in(image_key_n, s), whatever else runs beside it."""
+    image_keys = _per_image_keys(key, num_images)
+    return jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(seeds)))(image_keys)
+
+
+def _check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, spec_rows: int):
+    r = model.config.resolution
+    if lr_images.ndim != 4 or lr_images.shape[-1] != 3 or lr_images.shape[1] != lr_images.shape[2]:
+        raise PulseJaxError(f"lr_images must be (N, h, h, 3), got {tuple(lr_images.shape)}")
+    h = lr_images.shape[1]
+    if r % h:
+        raise PulseJaxError(f"low-resolution size {h} must divide the generator's resolution {r}")
+    if model.gaussian_fit is None:
+        raise PulseJaxError("the model has no gaussian fit; convert it with --mapping or --gaussian-fit")
+    if seeds < 1:
+        raise PulseJaxError(f"seeds must be >= 1, got {seeds}")
+    if init is None:
+        return
+    n = lr_images.shape[0]
+    want = (n, seeds, spec_rows, model.config.dlatent_size)
+    if tuple(np.shape(init.latent)) != want:
+        raise PulseJaxError(f"init.latent must be {want}, got {tuple(np.shape(init.latent))}")
+    shapes = model.config.noise_shapes()
+    if len(init.noise) != len(shapes):
+        raise PulseJaxError(f"init.noise must hold {len(shapes)} maps, got {len(init.noise)}")
+    for i, (x, s) in enumerate(zip(init.noise, shapes, strict=True)):
+        if tuple(np.shape(x)) != (n, seeds, *s):
+            raise PulseJaxError(f"init.noise[{i}] must be {(n, seeds, *s)}, got {tuple(np.shape(x))}")
+
+
+def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds: int = 1, key=None,
+           init: SearchInit | None = None, chunk_steps: int | None = None,
+           on_chunk: Callable[[int, SearchState], None] | None = None,
+           precision: str = "highest") -> SearchResult:
+    """Search S seeds for each of N low-resolution images (N, h, h, 3) in [0, 1].
+
+    ``on_chunk(steps_done, state)`` is called between chunks of ``chunk_steps``
+    steps (default: about a tenth of the run), for progress and intermediates.
+    """
+    config = config or PulseConfig()
+    lr_images = jnp.asarray(lr_images, jnp.float32)
+    _check_inputs(model, lr_images, init, seeds, 1 if config.tile_latent else model.num_layers)
+    spec = _make_spec(model, config, lr_images.shape[1], precision)
+    fit = model.gaussian_fit
+    started = time.perf_counter()
+    keys = seed_keys(key, lr_images.shape[0], seeds)
+    latent = noise = None
+    if init is not None:
+        latent = jnp.asarray(init.latent, jnp.float32)
+        noise = [jnp.asarray(x, jnp.float32) for x in init.noise]
+    state = _init(spec, keys, latent, noise)
+    chunk = chunk_steps or max(1, -(-config.steps // 10))
+    done, compile_seconds = 0, 0.0
+    while done < config.steps:
+        n = min(chunk, config.steps - done)
+        t0 = time.perf_counter()
+        state = _run_steps(spec, state, jnp.int32(n), lr_images, model.synthesis_params, fit)
+        if done == 0:
+            state.step.block_until_ready()
+            compile_seconds = time.perf_counter() - t0  # an upper bound: includes the first chunk's run
+        done += n
+        if on_chunk is not None:
+            on_chunk(done, state)
+    images = _images(spec, state.best_params, state.fixed_noise, model.synthesis_params, fit)
+    final_noise = [np.asarray(x)[:, :, 0] for x in _all_noise(spec, state.params["noise"], state.fixed_noise)]
+    host = jax.device_get(state)
+    return SearchResult(
+        images=np.asarray(images),
+        loss_history=np.moveaxis(host.loss_history, -1, 0),
+        l2_history=np.moveaxis(host.l2_history, -1, 0),
+        success=host.min_l2 <= config.eps,
+        best_step=host.best_step, best_loss=host.best_loss, best_l2=host.best_l2, min_l2=host.min_l2,
+        latent=host.params["latent"], noise=final_noise,
+        seconds=time.perf_counter() - started, compile_seconds=compile_seconds,
+    )
+
+
+def current_images(model: Model, config: PulseConfig, lr_size: int, state: SearchState,
+                   precision: str = "highest") -> np.ndarray:
+    """The images of a running search's current values (for --save-intermediate)."""
+    spec = _make_spec(model, config, lr_size, precision)
+    return np.asarray(_images(spec, state.params, state.fixed_noise, model.synthesis_params, model.gaussian_fit))

@@ -1,0 +1,172 @@
+"""StyleGAN v1 synthesis and mapping networks (the generator PULSE searches).
+
+Formulas: shared/docs/pulse-reference.md. Layout inside: NHWC. Parameter names
+follow the PULSE state dict (``blocks/8x8/conv0_up/kernel`` for
+``blocks.8x8.conv0_up.weight``) so that a mismatch reads the same in both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pulse_jax.layers import (
+    Conv,
+    Dense,
+    Epilogue,
+    blur,
+    conv_transpose_2x,
+    fused_upsample_kernel,
+    leaky_relu,
+    per_channel,
+    upsample_nearest_2x,
+)
+
+FUSED_UPSAMPLE_FROM = 128  # blocks at this resolution and above use the fused transposed conv
+MAPPING_LAYERS = 8
+MAPPING_LRMUL = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGANConfig:
+    """Architecture of a StyleGAN v1 generator; everything else follows from it."""
+
+    resolution: int = 1024
+    fmap_base: int = 8192
+    fmap_decay: float = 1.0
+    fmap_max: int = 512
+    dlatent_size: int = 512
+
+    def __post_init__(self):
+        r = self.resolution
+        if r < 8 or r & (r - 1):
+            raise ValueError(f"resolution must be a power of two >= 8, got {r}")
+
+    @property
+    def log2_resolution(self) -> int:
+        return int(math.log2(self.resolution))
+
+    @property
+    def num_layers(self) -> int:
+        """Style inputs / noise maps: 2 per block, 18 at 1024."""
+        return 2 * self.log2_resolution - 2
+
+    def channels(self, stage: int) -> int:
+        return min(int(self.fmap_base / (2.0 ** (stage * self.fmap_decay))), self.fmap_max)
+
+    def block_resolutions(self) -> list[int]:
+        return [2**k for k in range(2, self.log2_resolution + 1)]
+
+    def block_channels(self, res: int) -> int:
+        """Channels of the block at resolution ``res`` (2**k has nf(k-1))."""
+        return self.channels(int(math.log2(res)) - 1)
+
+    def noise_shapes(self) -> list[tuple[int, int]]:
+        """Layer i's noise map side is 2**(i//2 + 2)."""
+        return [(2 ** (i // 2 + 2),) * 2 for i in range(self.num_layers)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    # The FFHQ generator PULSE ships.
+    "ffhq_1024": StyleGANConfig(),
+    # Same key layout, both upsampling paths, cheap enough for CPU tests.
+    "small_256": StyleGANConfig(resolution=256, fmap_base=1024, fmap_max=128),
+    "tiny_128": StyleGANConfig(resolution=128, fmap_base=512, fmap_max=64),
+}
+
+
+def block_name(res: int) -> str:
+    return f"{res}x{res}"
+
+
+class InputBlock(nnx.Module):
+    """4x4: learned constant + bias, epilogue, 3x3 conv, epilogue."""
+
+    def __init__(self, channels: int, dlatent_size: int, *, rngs: nnx.Rngs):
+        self.const = nnx.Param(jax.random.normal(rngs.params(), (4, 4, channels), jnp.float32))
+        self.bias = nnx.Param(0.1 * jax.random.normal(rngs.params(), (channels,), jnp.float32))
+        self.epi1 = Epilogue(channels, dlatent_size, rngs=rngs)
+        self.conv = Conv(channels, channels, 3, gain=math.sqrt(2), rngs=rngs)
+        self.epi2 = Epilogue(channels, dlatent_size, rngs=rngs)
+
+    def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str) -> jax.Array:
+        batch = w.shape[0]
+        x = jnp.broadcast_to(self.const[...] + per_channel(self.bias[...], 3), (batch, *self.const.shape))
+        x = self.epi1(x, w[:, 0], noise[0], precision)
+        x = self.conv(x, precision)
+        return self.epi2(x, w[:, 1], noise[1], precision)
+
+
+class UpBlock(nnx.Module):
+    """r x r, r >= 8: upsample + 3x3 conv, blur, bias, epilogue, 3x3 conv, epilogue."""
+
+    def __init__(self, c_in: int, c_out: int, dlatent_size: int, *, fused: bool, rngs: nnx.Rngs):
+        self.fused = fused
+        self.conv0_up = Conv(c_in, c_out, 3, gain=math.sqrt(2), rngs=rngs)
+        self.epi1 = Epilogue(c_out, dlatent_size, rngs=rngs)
+        self.conv1 = Conv(c_out, c_out, 3, gain=math.sqrt(2), rngs=rngs)
+        self.epi2 = Epilogue(c_out, dlatent_size, rngs=rngs)
+
+    def __call__(self, x, w, noise, precision: str) -> jax.Array:
+        if self.fused:
+            k4 = fused_upsample_kernel(self.conv0_up.scaled_kernel())
+            x = conv_transpose_2x(x, k4, precision)
+        else:
+            x = self.conv0_up(upsample_nearest_2x(x), precision, add_bias=False)
+        x = blur(x) + per_channel(self.conv0_up.bias[...], x.ndim)
+        x = self.epi1(x, w[:, 0], noise[0], precision)
+        x = self.conv1(x, precision)
+        return self.epi2(x, w[:, 1], noise[1], precision)
+
+
+class Synthesis(nnx.Module):
+    """w (B, L, D) and L noise maps (B, r_i, r_i) -> image (B, R, R, 3), about [-1, 1]."""
+
+    def __init__(self, config: StyleGANConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d = config.dlatent_size
+        blocks = {}
+        for res in config.block_resolutions():
+            c_out = config.block_channels(res)
+            if res == 4:
+                blocks[block_name(res)] = InputBlock(c_out, d, rngs=rngs)
+            else:
+                c_in = config.block_channels(res // 2)
+                fused = res >= FUSED_UPSAMPLE_FROM
+                blocks[block_name(res)] = UpBlock(c_in, c_out, d, fused=fused, rngs=rngs)
+        self.blocks = nnx.Dict(blocks)
+        self.torgb = Conv(config.block_channels(config.resolution), 3, 1, gain=1.0, rngs=rngs)
+
+    def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest") -> jax.Array:
+        x = None
+        for i, res in enumerate(self.config.block_resolutions()):
+            block = self.blocks[block_name(res)]
+            layers = slice(2 * i, 2 * i + 2)
+            if x is None:
+                x = block(w[:, layers], noise[layers], precision)
+            else:
+                x = block(x, w[:, layers], noise[layers], precision)
+        return self.torgb(x, precision)
+
+
+class Mapping(nnx.Module):
+    """z (B, 512) -> pixel norm -> 8 x (dense, lrmul 0.01; leaky ReLU 0.2) -> w (B, 512)."""
+
+    def __init__(self, dlatent_size: int = 512, *, rngs: nnx.Rngs):
+        for i in range(MAPPING_LAYERS):
+            setattr(self, f"dense{i}", Dense(dlatent_size, dlatent_size, gain=math.sqrt(2),
+                                             lrmul=MAPPING_LRMUL, rngs=rngs))
+
+    def __call__(self, z: jax.Array, precision: str = "highest") -> jax.Array:
+        x = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
+        for i in range(MAPPING_LAYERS):
+            x = leaky_relu(getattr(self, f"dense{i}")(x, precision))
+        return x

@@ -1,0 +1,69 @@
+"""Shared test setup: float32 at highest precision, strict promotion, random PULSE-format checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import jax
+import pytest
+import torch
+
+jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+torch.set_num_threads(2)
+
+DATA = Path(__file__).parent / "data"
+
+
+@contextlib.contextmanager
+def storages_tagged_cuda():
+    """Make torch.save tag every storage 'cuda:0', as PULSE's files (saved from a GPU) are.
+
+    A tagger registered ahead of torch's own; removed again afterwards.
+    """
+    registry = torch.serialization._package_registry
+    entry = (-1, lambda obj: "cuda:0", lambda obj, location: None)
+    registry.insert(0, entry)
+    try:
+        yield
+    finally:
+        registry.remove(entry)
+
+
+def save_checkpoint(obj, path: Path, fmt: str) -> Path:
+    """fmt 'zip' (torch >= 1.6 default) or 'legacy' (PULSE's era: non-zip, storages tagged cuda:0)."""
+    if fmt == "zip":
+        torch.save(obj, path)
+    else:
+        with storages_tagged_cuda():
+            torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_checkpoints(tmp_path_factory):
+    """small_256 synthesis + mapping state dicts (all random) in both formats."""
+    from reference import stylegan_torch as ref
+
+    d = tmp_path_factory.mktemp("small_ckpt")
+    sd = ref.random_synthesis_state_dict(256, 1024, 128, seed=0)
+    msd = ref.random_mapping_state_dict(seed=1)
+    files = {}
+    for fmt in ("zip", "legacy"):
+        files[f"synthesis_{fmt}"] = save_checkpoint(sd, d / f"synthesis_{fmt}.pt", fmt)
+        files[f"mapping_{fmt}"] = save_checkpoint(msd, d / f"mapping_{fmt}.pt", fmt)
+    return {"synthesis": sd, "mapping": msd, "files": files, "dir": d}
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(small_checkpoints, tmp_path_factory):
+    """The small checkpoints converted, with the real gaussian fit (shapes fit: 512)."""
+    from convert.pulse import convert
+
+    out = tmp_path_factory.mktemp("models") / "small"
+    convert(synthesis=str(small_checkpoints["files"]["synthesis_legacy"]),
+            mapping=str(small_checkpoints["files"]["mapping_zip"]),
+            gaussian_fit=str(DATA / "gaussian_fit.pt"), out=str(out), verbose=False)
+    return out
