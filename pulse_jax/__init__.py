@@ -3,8 +3,8 @@
 from pulse_jax.config import PulseConfig
 from pulse_jax.degrade import bicubic_downsample
 from pulse_jax.errors import CheckpointError, PulseJaxError
+from pulse_jax.latent_search import SearchInit, SearchResult, search
 from pulse_jax.model import Model, load_model, save_model
-from pulse_jax.search import SearchInit, SearchResult, search
 from pulse_jax.stylegan import PRESETS, StyleGANConfig
 
 __version__ = "0.1.0"

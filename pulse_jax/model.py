@@ -270,14 +270,15 @@ def compute_gaussian_fit(model: Model, *, num_samples: int = 1_000_000, batch_si
         x = jnp.where(w >= 0, w, w * 5.0)  # slope 5 undoes the mapping's final slope 0.2
         valid = (jnp.arange(batch_size) < n)[:, None]
         mean = jnp.sum(jnp.where(valid, x, 0.0), 0) / n
-        m2 = jnp.sum(jnp.where(valid, jnp.square(x - mean), 0.0), 0)
+        m2 = jnp.sum(jnp.where(valid, jnp.square(x - mean[None]), 0.0), 0)
         return mean, m2
 
     key = jax.random.key(seed)
     count, mean, m2 = 0, np.zeros(d), np.zeros(d)
     while count < num_samples:
         n = min(batch_size, num_samples - count)
-        bm, bm2 = (np.asarray(a, np.float64) for a in batch_stats(model.mapping_params, jax.random.fold_in(key, count), n))
+        stats = batch_stats(model.mapping_params, jax.random.fold_in(key, count), n)
+        bm, bm2 = (np.asarray(a, np.float64) for a in stats)
         total = count + n
         delta = bm - mean
         mean = mean + delta * n / total

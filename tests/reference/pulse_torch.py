@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from reference import stylegan_torch
 
 

@@ -1,0 +1,132 @@
+"""``pulse-jax``: argument parsing and orchestration only; the work lives in library functions."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from pulse_jax.config import PulseConfig, parse_layers
+from pulse_jax.errors import PulseJaxError
+
+_HELP = {
+    "loss_str": "loss as a sum of WEIGHT*NAME terms (L2, L1, GEOCROSS)",
+    "eps": "success threshold on the downscaling MSE; the L2/L1 terms are clamped at it",
+    "noise_type": "zero, fixed or trainable noise maps",
+    "num_trainable_noise_layers": "with trainable noise: optimise the maps of layers below this",
+    "bad_noise_layers": "layers whose noise is zero, e.g. '17' or '16.17' (default: the last layer)",
+    "tile_latent": "search one latent vector for all layers",
+    "opt_name": "adam, sgd, sgdm or adamax",
+    "learning_rate": "base learning rate",
+    "steps": "optimisation steps",
+    "lr_schedule": "fixed, linear1cycle or linear1cycledrop",
+}
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    """One flag per PulseConfig field, same defaults; the reference's spellings (-loss_str) work too."""
+    for f in dataclasses.fields(PulseConfig):
+        names = [f"--{f.name.replace('_', '-')}", f"--{f.name}", f"-{f.name}"]
+        help_text = f"{_HELP[f.name]} (default: {f.default})"
+        if f.type in (bool, "bool"):
+            p.add_argument(*names, dest=f.name, action="store_true", help=help_text)
+        elif f.name == "bad_noise_layers":
+            p.add_argument(*names, dest=f.name, type=parse_layers, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str) if isinstance(f.type, str) else f.type
+            p.add_argument(*names, dest=f.name, type=kind, default=f.default, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> PulseConfig:
+    return PulseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PulseConfig)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pulse-jax", description="PULSE photo upsampling on StyleGAN v1, in JAX.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("convert", help="convert PULSE's synthesis.pt / mapping.pt into a model directory",
+                   add_help=False)
+
+    up = sub.add_parser("upsample", help="upsample low-resolution images (files or folders)")
+    up.add_argument("inputs", nargs="+", help="image files or folders of images (square, side dividing R)")
+    up.add_argument("--model", required=True, help="model directory from pulse-jax convert")
+    up.add_argument("--out", required=True, help="output folder")
+    up.add_argument("--seeds", type=int, default=1, help="results searched per input (the reference's -duplicates)")
+    up.add_argument("--seed", type=int, default=0, help="random seed")
+    up.add_argument("--batch-size", type=int, default=1, help="inputs searched together (x seeds each)")
+    up.add_argument("--all-seeds", action="store_true", help="also write every seed's image")
+    up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
+    up.add_argument("--precision", choices=("highest", "default"), default="highest",
+                    help="matmul/conv precision: highest (float32) or default (TF32 on GPUs; faster)")
+    up.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_search_options(up)
+
+    demo = sub.add_parser("demo", help="ground truth -> low resolution -> search, written as a sheet")
+    demo.add_argument("--model", help="model directory (default: a small random-weight generator)")
+    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--seeds", type=int, default=4)
+    demo.add_argument("--size", type=int, default=16, help="low-resolution side (default 16)")
+    demo.add_argument("--steps", type=int, default=100)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _upsample(args) -> int:
+    from pulse_jax.images import list_inputs
+    from pulse_jax.model import load_model
+    from pulse_jax.upsample import REPORT_NAME, upsample_files
+
+    config = config_from_args(args)
+    if args.seeds < 1 or args.batch_size < 1:
+        raise PulseJaxError("--seeds and --batch-size must be at least 1")
+    inputs = list_inputs(args.inputs)
+    model = load_model(args.model)
+    out = Path(args.out)
+    report = upsample_files(model, inputs, out, config, seeds=args.seeds, seed=args.seed,
+                            batch_size=args.batch_size, all_seeds=args.all_seeds,
+                            save_intermediate=args.save_intermediate, precision=args.precision,
+                            log=lambda m: print(m, file=sys.stderr), show_progress=not args.quiet)
+    ok = sum(e["success"] for e in report["inputs"])
+    print(f"{len(report['inputs'])} upsampled ({ok} within eps={config.eps}), {len(report['failed'])} failed; "
+          f"{report['seconds']:.1f}s; report: {out / REPORT_NAME}")
+    for f in report["failed"]:
+        print(f"  failed: {f['error']}", file=sys.stderr)
+    return 1 if report["failed"] else 0
+
+
+def _demo(args) -> int:
+    from pulse_jax.demo import run_demo
+
+    out = Path(args.out)
+    report = run_demo(out, args.model, seeds=args.seeds, lr_size=args.size, steps=args.steps, seed=args.seed,
+                      show_progress=not args.quiet)
+    for s in report["seeds"]:
+        print(f"seed {s['seed']}: downscaling MSE {s['min_l2']:.2e} "
+              f"({'within' if s['success'] else 'above'} eps), best step {s['best_step']}")
+    print(f"search {report['seconds']:.1f}s (compile {report['compile_seconds']:.1f}s); "
+          f"sheet: {out / 'sheet.png'}, report: {out / 'report.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "convert":
+        from convert.__main__ import main as convert_main
+
+        return convert_main(argv[1:], prog="pulse-jax convert")
+    args = build_parser().parse_args(argv)
+    try:
+        return {"upsample": _upsample, "demo": _demo}[args.command](args)
+    except PulseJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Reading and writing images, comparison sheets. Arrays are float32 (H, W, 3) in [0, 1]."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pulse_jax.errors import PulseJaxError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named directly, plus the image files inside named folders (sorted)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise PulseJaxError(f"input {p} does not exist")
+    if not found:
+        raise PulseJaxError(f"no images found in {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Any image PIL reads -> (H, W, 3) float32 in [0, 1] (alpha dropped, gray replicated, 16-bit scaled)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, np.float32) / (65535.0 if im.mode.startswith("I;16") else max(1.0, np.max(im)))
+                a = np.repeat(a[..., None], 3, axis=-1)
+            else:
+                a = np.asarray(im.convert("RGB"), np.float32) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise PulseJaxError(f"cannot read image {path}: {e}") from None
+    return np.clip(a, 0.0, 1.0)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: Image.fromarray(to_uint8(image)).save(f, format="PNG"))
+    return path
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, ms_per_frame: int = 150) -> Path:
+    path = Path(path)
+    ims = [Image.fromarray(to_uint8(f)) for f in frames]
+    atomic_write_bytes(path, lambda f: ims[0].save(f, format="GIF", save_all=True, append_images=ims[1:],
+                                                   duration=ms_per_frame, loop=0))
+    return path
+
+
+def resize(image: np.ndarray, size: int, resample=Image.Resampling.NEAREST) -> np.ndarray:
+    return np.asarray(Image.fromarray(to_uint8(image)).resize((size, size), resample), np.float32) / 255.0
+
+
+def sheet(panels: Sequence[tuple[str, np.ndarray]], tile: int = 256) -> np.ndarray:
+    """A row of labelled tiles: [(caption, image), ...] -> (tile + 18, n * tile, 3)."""
+    label_h = 18
+    out = Image.new("RGB", (tile * len(panels), tile + label_h), "white")
+    draw = ImageDraw.Draw(out)
+    for i, (caption, image) in enumerate(panels):
+        out.paste(Image.fromarray(to_uint8(resize(image, tile))), (i * tile, label_h))
+        draw.text((i * tile + 3, 3), caption[:40], fill="black")
+    return np.asarray(out, np.float32) / 255.0

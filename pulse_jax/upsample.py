@@ -1,0 +1,148 @@
+"""Files in -> search -> files out: the work behind ``pulse-jax upsample``.
+
+Every decision lives here (grouping, keys, which seed is "best", what the report
+holds) so tests can call it without a shell. A bad input is reported and
+skipped; the rest still run; nothing is written half-way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from PIL import Image
+
+from pulse_jax.config import PulseConfig
+from pulse_jax.errors import PulseJaxError
+from pulse_jax.images import atomic_write_bytes, read_image, resize, save_gif, save_png, sheet
+from pulse_jax.latent_search import SearchResult, current_images, search
+from pulse_jax.model import Model
+from pulse_jax.progress import Progress
+
+REPORT_NAME = "report.json"
+
+
+@dataclasses.dataclass
+class InputImage:
+    path: Path
+    image: np.ndarray  # (h, h, 3) in [0, 1]
+
+
+def image_key(base_seed: int, path: Path) -> jax.Array:
+    """An input's key depends on the seed and its file name only, not on what runs beside it."""
+    return jax.random.fold_in(jax.random.key(base_seed), zlib.crc32(path.name.encode()) & 0x7FFFFFFF)
+
+
+def check_size(image: np.ndarray, resolution: int, path: Path) -> None:
+    h, w = image.shape[:2]
+    if h != w:
+        raise PulseJaxError(f"{path}: image is {w}x{h}; PULSE needs a square input (crop it to a square, "
+                            f"e.g. with pulse-jax align for faces)")
+    if resolution % h:
+        sizes = ", ".join(str(resolution >> k) for k in range(2, 8))
+        raise PulseJaxError(f"{path}: size {h} does not divide the generator's resolution {resolution}; "
+                            f"resize it to one of {sizes}")
+
+
+def best_seed(result: SearchResult, n: int) -> int:
+    """The seed to show first: successful seeds before failed ones, then the lowest total loss."""
+    order = np.lexsort((result.best_loss[n], ~result.success[n]))
+    return int(order[0])
+
+
+def seed_entries(result: SearchResult, n: int) -> list[dict]:
+    return [
+        {"seed": s, "success": bool(result.success[n, s]), "best_loss": float(result.best_loss[n, s]),
+         "best_l2": float(result.best_l2[n, s]), "min_l2": float(result.min_l2[n, s]),
+         "best_step": int(result.best_step[n, s]), "final_loss": float(result.loss_history[-1, n, s])}
+        for s in range(result.success.shape[1])
+    ]
+
+
+def write_sheet(path: Path, lr: np.ndarray, result: SearchResult, n: int, truth: np.ndarray | None = None) -> Path:
+    tile = 256
+    panels = [("input (nearest)", resize(lr, tile)),
+              ("input (bicubic)", resize(lr, tile, Image.Resampling.BICUBIC))]
+    if truth is not None:
+        panels.append(("ground truth", resize(truth, tile, Image.Resampling.LANCZOS)))
+    for s in range(result.images.shape[1]):
+        mark = "ok" if result.success[n, s] else "MISS"
+        panels.append((f"seed {s} mse {result.min_l2[n, s]:.2e} {mark}",
+                       resize(result.images[n, s], tile, Image.Resampling.LANCZOS)))
+    return save_png(sheet(panels, tile), path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: PulseConfig, *, seeds: int = 1,
+                   seed: int = 0, batch_size: int = 1, all_seeds: bool = False, save_intermediate: bool = False,
+                   precision: str = "highest", log: Callable[[str], None] = print, show_progress: bool = True) -> dict:
+    """Upsample every input; returns (and writes) the report. Failed inputs are listed, never fatal."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"config": config.to_dict(), "config_hash": config.hash(), "seeds": seeds, "seed": seed,
+              "resolution": model.config.resolution, "precision": precision, "inputs": [], "failed": []}
+    good: list[InputImage] = []
+    for path in inputs:
+        try:
+            image = read_image(path)
+            check_size(image, model.config.resolution, path)
+            good.append(InputImage(path, image))
+        except PulseJaxError as e:
+            report["failed"].append({"input": str(path), "error": str(e)})
+            log(f"skipped: {e}")
+    groups: dict[int, list[InputImage]] = {}
+    for item in good:
+        groups.setdefault(item.image.shape[0], []).append(item)
+    bar = Progress(len(good) * seeds * config.steps, "search", "seed-steps", enabled=show_progress)
+    started = time.perf_counter()
+    for _, items in sorted(groups.items()):
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            report["inputs"] += _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds,
+                                           save_intermediate, precision, bar)
+    report["seconds"] = time.perf_counter() - started
+    write_json(out_dir / REPORT_NAME, report)
+    return report
+
+
+def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, bar):
+    lr = np.stack([item.image for item in batch])
+    keys = jax.numpy.stack([image_key(seed, item.path) for item in batch])
+    frames: list[np.ndarray] = []
+    done_before = [0]
+
+    def on_chunk(done, state):
+        bar.update((done - done_before[0]) * len(batch) * seeds)
+        done_before[0] = done
+        if save_intermediate:
+            frames.append(current_images(model, config, lr.shape[1], state, precision))
+
+    result = search(model, lr, config, seeds=seeds, key=keys, on_chunk=on_chunk, precision=precision)
+    entries = []
+    for n, item in enumerate(batch):
+        stem = item.path.stem
+        k = best_seed(result, n)
+        outputs = {"image": str(save_png(result.images[n, k], out_dir / f"{stem}.png")),
+                   "sheet": str(write_sheet(out_dir / f"{stem}_sheet.png", item.image, result, n))}
+        if all_seeds:
+            outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png"))
+                                for s in range(seeds)]
+        if save_intermediate and frames:
+            outputs["search_gif"] = str(save_gif([f[n, k] for f in frames], out_dir / f"{stem}_search.gif"))
+        success = bool(result.success[n].any())
+        entries.append({"input": str(item.path), "size": int(lr.shape[1]), "best_seed": k, "success": success,
+                        "outputs": outputs, "seeds": seed_entries(result, n),
+                        "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds})
+        if not success:
+            bar.stream.write(f"note: {item.path.name}: no seed reached eps={config.eps} "
+                             f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and "
+                             "flagged in the report\n")
+    return entries

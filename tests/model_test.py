@@ -1,0 +1,94 @@
+"""The model directory: round trip, checksum, format version, clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import numpy as np
+import pytest
+from flax import nnx
+
+import pulse_jax as pj
+from pulse_jax.model import compute_gaussian_fit
+
+
+def test_round_trip_is_exact(tmp_path):
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=3)
+    fit = compute_gaussian_fit(model, num_samples=1000, batch_size=300)
+    model = pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
+                                 nnx.to_pure_dict(model.mapping_params), fit)
+    pj.save_model(model, tmp_path / "m")
+    loaded = pj.load_model(tmp_path / "m")
+    assert loaded.config == model.config
+    chex.assert_trees_all_equal(loaded.pure_params(), model.pure_params())
+
+
+def test_gaussian_fit_batches_combine_exactly():
+    """Chan's combination over uneven batches equals the one-pass statistics (float64 on the host)."""
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=0)
+    m1, s1 = compute_gaussian_fit(model, num_samples=700, batch_size=700)
+    m2, s2 = compute_gaussian_fit(model, num_samples=700, batch_size=700)
+    np.testing.assert_array_equal(m1, m2)
+    import jax
+
+    z = jax.random.normal(jax.random.fold_in(jax.random.key(0), 0), (700, 512))
+    w = np.asarray(model.map(z))
+    x = np.where(w >= 0, w, 5 * w)
+    # float32 sums over 700 rows: agreement to ~1e-6 relative.
+    np.testing.assert_allclose(m1, x.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s1, x.std(0, ddof=1), rtol=1e-4)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=1, with_mapping=False)
+    return pj.save_model(model, tmp_path / "m")
+
+
+def test_existing_directory_is_not_replaced(saved):
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=2, with_mapping=False)
+    with pytest.raises(pj.PulseJaxError, match="already exists"):
+        pj.save_model(model, saved)
+    pj.save_model(model, saved, overwrite=True)
+    chex.assert_trees_all_equal(pj.load_model(saved).pure_params(), model.pure_params())
+    assert [p.name for p in saved.parent.iterdir()] == ["m"]  # no staging or old copies left
+
+
+def test_flipped_byte_is_caught(saved):
+    files = sorted(p for p in (saved / "params").rglob("*") if p.is_file() and p.stat().st_size > 4096)
+    assert files
+    target = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(pj.CheckpointError) as e:
+        pj.load_model(saved)
+    assert "checksum" in str(e.value) or "could not read" in str(e.value)
+
+
+def test_newer_format_is_refused(saved):
+    meta = json.loads((saved / "model.json").read_text())
+    meta["format_version"] = 99
+    (saved / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(pj.CheckpointError, match="format 99.*upgrade pulse-jax"):
+        pj.load_model(saved)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(pj.CheckpointError, match="not a pulse-jax model directory"):
+        pj.load_model(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(pj.CheckpointError, match="not valid JSON"):
+        pj.load_model(tmp_path)
+
+
+def test_from_arrays_names_every_mismatch():
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=0, with_mapping=False)
+    params = nnx.to_pure_dict(model.synthesis_params)
+    del params["torgb"]["bias"]
+    params["blocks"]["8x8"]["conv1"]["kernel"] = np.zeros((1, 1, 1, 1), np.float32)
+    with pytest.raises(pj.CheckpointError) as e:
+        pj.Model.from_arrays(model.config, params)
+    assert "missing torgb/bias" in str(e.value)
+    assert "blocks/8x8/conv1/kernel is [1, 1, 1, 1], expected [3, 3, 64, 64]" in str(e.value)
