@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="model directory (default: a small random-weight generator)")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--seeds", type=int, default=4)
-    demo.add_argument("--size", type=int, default=16, help="low-resolution side (default 16)")
-    demo.add_argument("--steps", type=int, default=100)
+    demo.add_argument("--size", type=int, default=8, help="low-resolution side (default 8)")
+    demo.add_argument("--steps", type=int, default=200,
+                      help="search steps (default 200: the random demo generator converges slower than FFHQ)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
     return p

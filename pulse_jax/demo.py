@@ -45,8 +45,8 @@ def ground_truth(model: Model, key) -> np.ndarray:
     return np.clip((np.asarray(model.synthesize(w, noise))[0] + 1.0) / 2.0, 0.0, 1.0)
 
 
-def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_size: int = 16,
-             steps: int = 100, seed: int = 0, show_progress: bool = True) -> dict:
+def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_size: int = 8,
+             steps: int = 200, seed: int = 0, show_progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir) if model_dir else random_demo_model(seed)
     truth = ground_truth(model, jax.random.key(seed + 1000))

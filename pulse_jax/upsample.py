@@ -60,7 +60,8 @@ def seed_entries(result: SearchResult, n: int) -> list[dict]:
     return [
         {"seed": s, "success": bool(result.success[n, s]), "best_loss": float(result.best_loss[n, s]),
          "best_l2": float(result.best_l2[n, s]), "min_l2": float(result.min_l2[n, s]),
-         "best_step": int(result.best_step[n, s]), "final_loss": float(result.loss_history[-1, n, s])}
+         "best_step": int(result.best_step[n, s]), "first_l2": float(result.l2_history[0, n, s]),
+         "final_loss": float(result.loss_history[-1, n, s])}
         for s in range(result.success.shape[1])
     ]
 
