@@ -215,6 +215,24 @@ def _run_steps(spec: _Spec, state: SearchState, num_steps, lr_images, gen_params
     return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, lr_images, gen_params, fit), state)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
+def _run_one_step(spec: _Spec, state: SearchState, lr_images, gen_params, fit) -> SearchState:
+    """One step per call, for backends where a loop inside the program is slower (see STEP_LOOPS)."""
+    step = _over_images_and_seeds(functools.partial(_step_one, spec), (0, None, None, None), (0, 0, None, None))
+    return step(state, lr_images, gen_params, fit)
+
+
+# "device": the chunk's steps run in a fori_loop inside one compiled call. "host": each compiled call
+# runs one step and Python loops; XLA:CPU runs convolutions inside while-loop bodies ~3x slower than
+# the same program unrolled (measured on this search; jax-ml/jax#12868), and on a CPU the per-call
+# dispatch (~0.1 ms) is nothing beside a step (~100 ms).
+STEP_LOOPS = ("device", "host")
+
+
+def default_step_loop() -> str:
+    return "host" if jax.default_backend() == "cpu" else "device"
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _images(spec: _Spec, params, fixed_noise, gen_params, fit) -> jax.Array:
     """(N, S, R, R, 3) images of the given per-example params, clipped to [0, 1]."""
@@ -272,12 +290,16 @@ def _check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, 
 def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds: int = 1, key=None,
            init: SearchInit | None = None, chunk_steps: int | None = None,
            on_chunk: Callable[[int, SearchState], None] | None = None,
-           precision: str = "highest") -> SearchResult:
+           precision: str = "highest", step_loop: str | None = None) -> SearchResult:
     """Search S seeds for each of N low-resolution images (N, h, h, 3) in [0, 1].
 
     ``on_chunk(steps_done, state)`` is called between chunks of ``chunk_steps``
     steps (default: about a tenth of the run), for progress and intermediates.
+    ``step_loop``: "device" or "host" (see STEP_LOOPS); default by backend.
     """
+    step_loop = step_loop or default_step_loop()
+    if step_loop not in STEP_LOOPS:
+        raise PulseJaxError(f"step_loop must be one of {STEP_LOOPS}, got {step_loop!r}")
     config = config or PulseConfig()
     lr_images = jnp.asarray(lr_images, jnp.float32)
     _check_inputs(model, lr_images, init, seeds, 1 if config.tile_latent else model.num_layers)
@@ -295,7 +317,11 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     while done < config.steps:
         n = min(chunk, config.steps - done)
         t0 = time.perf_counter()
-        state = _run_steps(spec, state, jnp.int32(n), lr_images, model.synthesis_params, fit)
+        if step_loop == "device":
+            state = _run_steps(spec, state, jnp.int32(n), lr_images, model.synthesis_params, fit)
+        else:
+            for _ in range(n):
+                state = _run_one_step(spec, state, lr_images, model.synthesis_params, fit)
         if done == 0:
             state.step.block_until_ready()
             compile_seconds = time.perf_counter() - t0  # an upper bound: includes the first chunk's run

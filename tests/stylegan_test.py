@@ -69,6 +69,19 @@ def test_small_generator_matches_reference(small_checkpoints, tmp_path, fmt):
     assert np.abs(got - expected).max() / expected.std() < 1e-4
 
 
+def test_transposed_conv_forms_agree_with_torch():
+    """Both forms of the fused upsampling equal torch's conv_transpose2d(stride 2, padding 1)."""
+    from pulse_jax.layers import TRANSPOSED_CONV_IMPLS
+
+    x = np.random.default_rng(0).standard_normal((2, 5, 7, 3)).astype(np.float32)
+    k4 = np.random.default_rng(1).standard_normal((4, 4, 3, 6)).astype(np.float32)
+    want = torch.nn.functional.conv_transpose2d(torch.from_numpy(x).permute(0, 3, 1, 2),
+                                                torch.from_numpy(k4).permute(2, 3, 0, 1), stride=2, padding=1)
+    want = want.permute(0, 2, 3, 1).numpy()
+    for impl in TRANSPOSED_CONV_IMPLS.values():
+        np.testing.assert_allclose(np.asarray(impl(jnp.asarray(x), jnp.asarray(k4), "highest")), want, atol=1e-5)
+
+
 def test_ffhq_1024_layout_matches_reference(tmp_path):
     """The real layer layout (18 layers, fused upsampling from 128), legacy cuda-tagged file as users have."""
     sd = ref.random_synthesis_state_dict(1024, 8192, 512, seed=3)
@@ -85,11 +98,11 @@ def test_both_upsampling_paths_are_used_and_differ():
     model = pj.Model.random(PRESETS["tiny_128"], seed=0)
     fused = {name: b.fused for name, b in model_blocks(model).items() if name != "4x4"}
     assert fused == {"8x8": False, "16x16": False, "32x32": False, "64x64": False, "128x128": True}
-    from pulse_jax.layers import conv_transpose_2x, fused_upsample_kernel, upsample_nearest_2x
+    from pulse_jax.layers import conv_transpose_2x_dilated, fused_upsample_kernel, upsample_nearest_2x
 
     x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
     k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
-    a = conv_transpose_2x(x, fused_upsample_kernel(k), "highest")
+    a = conv_transpose_2x_dilated(x, fused_upsample_kernel(k), "highest")
     b = jax.lax.conv_general_dilated(upsample_nearest_2x(x), k, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert a.shape == b.shape == (1, 16, 16, 5)

@@ -28,7 +28,8 @@ def bicubic_down(x: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return x
     n = 4 * factor
-    k = torch.tensor([cubic((i - math.floor(n / 2) + 0.5) / factor) for i in range(n)], dtype=x.dtype)
+    k = torch.tensor([cubic((i - math.floor(n / 2) + 0.5) / factor) for i in range(n)], dtype=x.dtype,
+                     device=x.device)
     k = k / k.sum()
     c = x.shape[1]
     pad = 3 * factor
@@ -50,7 +51,7 @@ def parse_loss(loss_str: str):
 def geocross(w: torch.Tensor) -> torch.Tensor:
     """Per sample; w (B, L, D)."""
     if w.shape[1] == 1:
-        return torch.zeros(w.shape[0])
+        return torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     x, y = w[:, None], w[:, :, None]
     a = ((x - y).pow(2).sum(-1) + 1e-9).sqrt()
     b = ((x + y).pow(2).sum(-1) + 1e-9).sqrt()
@@ -123,7 +124,7 @@ def run(sd, gaussian_fit, ref_lr: torch.Tensor, latent: torch.Tensor, noise: lis
         gen = (synthesis(sd, w_all, noise) + 1) / 2
         lr_gen = bicubic_down(gen, factor)
         sq = (lr_gen - ref_lr).pow(2).mean((1, 2, 3))
-        per_sample = torch.zeros(latent.shape[0])
+        per_sample = torch.zeros(latent.shape[0], dtype=latent.dtype, device=latent.device)
         for weight, name in terms:
             if name == "L2":
                 per_sample = per_sample + weight * sq.clamp(min=eps)

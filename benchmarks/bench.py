@@ -1,0 +1,191 @@
+"""Side-by-side speed of our search and the PyTorch PULSE loop (tests/reference), in one process.
+
+Same weights (random, PULSE format), same algorithm and config, same device. For each resolution and
+seed count: seed-steps per second (median over timed chunks), compile time, peak device memory, and
+achieved FLOP/s against a ceiling measured on the same device.
+
+    python benchmarks/bench.py --resolutions 256 1024 --seeds 1 4 16 --out benchmarks/cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flops import search_step_flops  # noqa: E402
+from reference import pulse_torch  # noqa: E402
+from reference import stylegan_torch as ref  # noqa: E402
+
+import pulse_jax as pj  # noqa: E402
+from pulse_jax import pulse_format  # noqa: E402
+
+PRESET_OF = {256: "small_256", 1024: "ffhq_1024", 128: "tiny_128"}
+LR_SIZE = 32
+
+
+def build(resolution: int):
+    c = pj.PRESETS[PRESET_OF[resolution]]
+    sd = ref.random_synthesis_state_dict(c.resolution, c.fmap_base, c.fmap_max, seed=0)
+    fit = torch.load(ROOT / "tests" / "data" / "gaussian_fit.pt", map_location="cpu", weights_only=True)
+    config, params = pulse_format.synthesis_params({k: v.numpy() for k, v in sd.items()})
+    model = pj.Model.from_arrays(config, params, gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
+    return model, sd, (fit["mean"], fit["std"])
+
+
+def time_ours(model, seeds: int, reps: int, chunk: int, precision: str):
+    lr = np.random.default_rng(0).random((1, LR_SIZE, LR_SIZE, 3), dtype=np.float32)
+    marks = []
+
+    def on_chunk(done, state):
+        jax.block_until_ready(state)
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    pj.search(model, lr, pj.PulseConfig(steps=chunk * (reps + 1)), seeds=seeds, key=jax.random.key(0),
+              chunk_steps=chunk, on_chunk=on_chunk, precision=precision)
+    times = np.diff([start] + marks)
+    steady = statistics.median(times[1:]) / chunk
+    return {"step_s": steady, "compile_s": float(times[0] - chunk * steady)}
+
+
+def time_torch(sd, fit, seeds: int, reps: int, chunk: int, device: str):
+    c_sd = {k: v.to(device) for k, v in sd.items()}
+    fit = tuple(f.to(device) for f in fit)
+    num_layers = 2 * int(np.log2(max(int(k.split(".")[1].split("x")[0]) for k in sd if k.startswith("blocks.")))) - 2
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(seeds, 3, LR_SIZE, LR_SIZE, generator=g).to(device)
+    latent = torch.randn(seeds, num_layers, 512, generator=g).to(device)
+    noise = [torch.randn(seeds, 1, 2 ** (i // 2 + 2), 2 ** (i // 2 + 2), generator=g).to(device)
+             for i in range(num_layers)]
+    noise[-1].zero_()
+
+    def run():
+        pulse_torch.run(c_sd, fit, lr, latent, noise, steps=chunk)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    run()  # warm-up: cuDNN autotuning, allocator
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return {"step_s": statistics.median(times) / chunk, "first_chunk_s": first}
+
+
+def measure_ceiling(precision: str) -> float:
+    """FLOP/s of a large float32 matmul through jax at this precision: the device's practical peak."""
+    n = 4096 if jax.default_backend() != "cpu" else 1536
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda x: jnp.dot(x, x, precision=precision))
+    f(a).block_until_ready()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def peak_memory():
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def warm_compile_seconds(resolution: int, seeds: int, precision: str, cache: str) -> list[float]:
+    """Cold then warm compile in fresh processes sharing a persistent compilation cache."""
+    out = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, __file__, "--compile-only", str(resolution), str(seeds),
+                            "--precision", precision, "--cache", cache], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-2000:])
+        out.append(float(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def compile_only(resolution: int, seeds: int, precision: str, cache: str) -> float:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    model, _, _ = build(resolution)
+    return time_ours(model, seeds, reps=1, chunk=1, precision=precision)["compile_s"]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--resolutions", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--torch-seeds", type=int, nargs="*", help="seed counts for torch (default: --seeds)")
+    p.add_argument("--reps", type=int, default=3, help="timed chunks per measurement")
+    p.add_argument("--chunk", type=int, default=2, help="steps per timed chunk")
+    p.add_argument("--precision", default="highest", choices=["highest", "default"])
+    p.add_argument("--torch-tf32", action="store_true", help="let torch use TF32 (its cuDNN default)")
+    p.add_argument("--compile-cache", action="store_true", help="also time cold/warm compiles via a cache")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--compile-only", type=int, nargs=2, metavar=("R", "S"))
+    p.add_argument("--cache", default="")
+    args = p.parse_args()
+    if args.compile_only:
+        print(compile_only(*args.compile_only, args.precision, args.cache))
+        return
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.allow_tf32 = args.torch_tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.torch_tf32
+    torch.backends.cudnn.benchmark = True
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    ceiling = measure_ceiling(args.precision)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "torch": torch.__version__,
+            "precision": args.precision, "torch_tf32": args.torch_tf32, "ceiling_flops": ceiling,
+            "lr_size": LR_SIZE}
+    rows = []
+    for r in args.resolutions:
+        model, sd, fit = build(r)
+        flops = search_step_flops(model.config)
+        for s in sorted(set(args.seeds) | set(args.torch_seeds or [])):
+            row = {"resolution": r, "seeds": s, "flops_per_seed_step": flops}
+            if s in args.seeds:
+                ours = time_ours(model, s, args.reps, args.chunk, args.precision)
+                row.update(ours_step_s=ours["step_s"], ours_compile_s=ours["compile_s"],
+                           ours_seed_steps_per_s=s / ours["step_s"], ours_peak_bytes=peak_memory(),
+                           ours_flops_fraction=flops * s / ours["step_s"] / ceiling)
+            if s in (args.torch_seeds if args.torch_seeds is not None else args.seeds):
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                th = time_torch(sd, fit, s, args.reps, args.chunk, device)
+                row.update(torch_step_s=th["step_s"], torch_seed_steps_per_s=s / th["step_s"],
+                           torch_peak_bytes=torch.cuda.max_memory_allocated() if device == "cuda" else None)
+            if "ours_step_s" in row and "torch_step_s" in row:
+                row["speedup"] = row["torch_step_s"] / row["ours_step_s"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.compile_cache:
+        cache = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"pulse_jax_cc_{os.getpid()}")
+        for r in args.resolutions:
+            meta[f"compile_cold_warm_s_{r}"] = warm_compile_seconds(r, 1, args.precision, cache)
+    result = {"meta": meta, "rows": rows}
+    print(json.dumps(meta))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
