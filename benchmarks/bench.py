@@ -128,6 +128,59 @@ def compile_only(resolution: int, seeds: int, precision: str, cache: str) -> flo
     return time_ours(model, seeds, reps=1, chunk=1, precision=precision)["compile_s"]
 
 
+def is_oom(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() or "OutOfMemory" in text
+
+
+def measure_ours(model, s, args, flops, ceiling) -> dict:
+    try:
+        ours = time_ours(model, s, args.reps, args.chunk, args.precision)
+    except Exception as e:  # noqa: BLE001 - an out-of-memory is a result; anything else is re-raised
+        if not is_oom(e):
+            raise
+        return {"ours": "out of memory"}
+    return {"ours_step_s": ours["step_s"], "ours_compile_s": ours["compile_s"],
+            "ours_seed_steps_per_s": s / ours["step_s"], "ours_peak_bytes": peak_memory(),
+            "ours_flops_fraction": flops * s / ours["step_s"] / ceiling}
+
+
+def measure_torch(sd, fit, s, args, device) -> dict:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        th = time_torch(sd, fit, s, args.reps, args.chunk, device)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"torch": "out of memory"}
+    return {"torch_step_s": th["step_s"], "torch_seed_steps_per_s": s / th["step_s"],
+            "torch_peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+
+
+def max_fit(model, measured: list[dict], args, flops, ceiling) -> list[dict]:
+    """Predict the largest seed count from two measured peaks (memory is linear in seeds), then try it."""
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    if len(measured) < 2 or not limit:
+        return []
+    a, b = measured[-2], measured[-1]
+    per_seed = (b["ours_peak_bytes"] - a["ours_peak_bytes"]) / (b["seeds"] - a["seeds"])
+    base = b["ours_peak_bytes"] - per_seed * b["seeds"]
+    predicted = int((0.95 * limit - base) / per_seed) // 8 * 8
+    rows = []
+    for s in (predicted, predicted * 3 // 4 // 8 * 8):
+        row = {"resolution": model.config.resolution, "seeds": s, "max_fit_try": True,
+               "predicted_max": predicted, "bytes_per_seed": per_seed, "bytes_limit": limit,
+               "flops_per_seed_step": flops}
+        row.update(measure_ours(model, s, args, flops, ceiling))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if "ours_step_s" in row:
+            break
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 1024])
@@ -138,6 +191,11 @@ def main():
     p.add_argument("--precision", default="highest", choices=["highest", "default"])
     p.add_argument("--torch-tf32", action="store_true", help="let torch use TF32 (its cuDNN default)")
     p.add_argument("--compile-cache", action="store_true", help="also time cold/warm compiles via a cache")
+    p.add_argument("--transposed-conv", choices=["phases", "dilated"], default="phases",
+                   help="form of the fused upsampling (pulse_jax.layers.TRANSPOSED_CONV_IMPLS)")
+    p.add_argument("--max-fit", action="store_true",
+                   help="after the table: predict the most seeds that fit at the largest resolution from "
+                        "the measured peaks, then run that many (and 3/4 of it if it does not fit)")
     p.add_argument("--out", type=Path)
     p.add_argument("--compile-only", type=int, nargs=2, metavar=("R", "S"))
     p.add_argument("--cache", default="")
@@ -145,6 +203,9 @@ def main():
     if args.compile_only:
         print(compile_only(*args.compile_only, args.precision, args.cache))
         return
+    from pulse_jax import layers
+
+    layers.TRANSPOSED_CONV_IMPL = args.transposed_conv
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.allow_tf32 = args.torch_tf32
     torch.backends.cuda.matmul.allow_tf32 = args.torch_tf32
@@ -155,7 +216,7 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "torch": torch.__version__,
             "precision": args.precision, "torch_tf32": args.torch_tf32, "ceiling_flops": ceiling,
-            "lr_size": LR_SIZE}
+            "lr_size": LR_SIZE, "transposed_conv": args.transposed_conv}
     rows = []
     for r in args.resolutions:
         model, sd, fit = build(r)
@@ -163,20 +224,16 @@ def main():
         for s in sorted(set(args.seeds) | set(args.torch_seeds or [])):
             row = {"resolution": r, "seeds": s, "flops_per_seed_step": flops}
             if s in args.seeds:
-                ours = time_ours(model, s, args.reps, args.chunk, args.precision)
-                row.update(ours_step_s=ours["step_s"], ours_compile_s=ours["compile_s"],
-                           ours_seed_steps_per_s=s / ours["step_s"], ours_peak_bytes=peak_memory(),
-                           ours_flops_fraction=flops * s / ours["step_s"] / ceiling)
+                row.update(measure_ours(model, s, args, flops, ceiling))
             if s in (args.torch_seeds if args.torch_seeds is not None else args.seeds):
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                th = time_torch(sd, fit, s, args.reps, args.chunk, device)
-                row.update(torch_step_s=th["step_s"], torch_seed_steps_per_s=s / th["step_s"],
-                           torch_peak_bytes=torch.cuda.max_memory_allocated() if device == "cuda" else None)
+                row.update(measure_torch(sd, fit, s, args, device))
             if "ours_step_s" in row and "torch_step_s" in row:
                 row["speedup"] = row["torch_step_s"] / row["ours_step_s"]
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if args.max_fit and r == max(args.resolutions):
+            rows += max_fit(model, [x for x in rows if x["resolution"] == r and x.get("ours_peak_bytes")],
+                            args, flops, ceiling)
     if args.compile_cache:
         cache = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"pulse_jax_cc_{os.getpid()}")
         for r in args.resolutions:
