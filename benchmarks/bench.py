@@ -152,10 +152,13 @@ def measure_torch(sd, fit, s, args, device) -> dict:
     try:
         th = time_torch(sd, fit, s, args.reps, args.chunk, device)
     except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
+        th = None
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    if device == "cuda":
+        torch.cuda.empty_cache()  # give the memory back, or jax's later (larger) runs cannot have it
+    if th is None:
         return {"torch": "out of memory"}
-    return {"torch_step_s": th["step_s"], "torch_seed_steps_per_s": s / th["step_s"],
-            "torch_peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+    return {"torch_step_s": th["step_s"], "torch_seed_steps_per_s": s / th["step_s"], "torch_peak_bytes": peak}
 
 
 def max_fit(model, measured: list[dict], args, flops, ceiling) -> list[dict]:

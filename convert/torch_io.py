@@ -8,7 +8,6 @@ code carried in a file never runs.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,8 +33,9 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, np.ndarray]:
             f"{what} {path} was refused: it is not a plain tensor checkpoint and may carry code, so it "
             f"was not loaded (torch said: {first[:300]}). Use the original PULSE file."
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, IndexError,
-            TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+    except Exception as e:  # noqa: BLE001 - corrupt files raise anything from struct.error to SystemError
+        # weights_only unpickling never runs code from the file, so whatever it raised is only a
+        # symptom of damage: report it as such (the fuzz test in tests/convert_test.py feeds it noise).
         raise CheckpointError(
             f"{what} {path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
             f"{str(e).strip()[:200]}); the file may be truncated or of another kind"

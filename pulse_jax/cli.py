@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
     up.add_argument("--precision", choices=("highest", "default"), default="highest",
                     help="matmul/conv precision: highest (float32) or default (TF32 on GPUs; faster)")
+    up.add_argument("--overwrite", action="store_true",
+                    help="redo inputs already done and replace outputs made with other settings")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     add_search_options(up)
 
@@ -89,9 +92,11 @@ def _upsample(args) -> int:
     report = upsample_files(model, inputs, out, config, seeds=args.seeds, seed=args.seed,
                             batch_size=args.batch_size, all_seeds=args.all_seeds,
                             save_intermediate=args.save_intermediate, precision=args.precision,
+                            overwrite=args.overwrite,
                             log=lambda m: print(m, file=sys.stderr), show_progress=not args.quiet)
     ok = sum(e["success"] for e in report["inputs"])
-    print(f"{len(report['inputs'])} upsampled ({ok} within eps={config.eps}), {len(report['failed'])} failed; "
+    print(f"{len(report['inputs'])} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "
+          f"done), {len(report['failed'])} failed; "
           f"{report['seconds']:.1f}s; report: {out / REPORT_NAME}")
     for f in report["failed"]:
         print(f"  failed: {f['error']}", file=sys.stderr)
@@ -112,8 +117,22 @@ def _demo(args) -> int:
     return 0
 
 
+def enable_compilation_cache() -> None:
+    """Keep compiled searches in the user's cache folder: a warm start skips most of the compile
+    (measured at 1024 px: 9 s cold, 2.6 s warm on a 2-core CPU; 12.6 s / 2.9 s on an H200).
+    JAX_COMPILATION_CACHE_DIR, when set, is used instead."""
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    jax.config.update("jax_compilation_cache_dir", str(base / "pulse-jax" / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    enable_compilation_cache()
     if argv and argv[0] == "convert":
         from convert.__main__ import main as convert_main
 

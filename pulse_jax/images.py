@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,17 +32,23 @@ def list_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Any image PIL reads -> (H, W, 3) float32 in [0, 1] (alpha dropped, gray replicated, 16-bit scaled)."""
+    """Any image PIL reads -> (H, W, 3) float32 in [0, 1] (alpha dropped, gray replicated, 16-bit scaled).
+
+    PIL's decompression-bomb limit stays on: an image over Image.MAX_IMAGE_PIXELS is refused.
+    """
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, np.float32) / (65535.0 if im.mode.startswith("I;16") else max(1.0, np.max(im)))
-                a = np.repeat(a[..., None], 3, axis=-1)
-            else:
-                a = np.asarray(im.convert("RGB"), np.float32) / 255.0
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise PulseJaxError(f"cannot read image {path}: {e}") from None
+        with warnings.catch_warnings():
+            # PIL warns between MAX_IMAGE_PIXELS and twice that, and raises above: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    scale = 65535.0 if im.mode.startswith("I;16") else max(1.0, float(np.max(im)))
+                    a = np.repeat((np.asarray(im, np.float32) / scale)[..., None], 3, axis=-1)
+                else:
+                    a = np.asarray(im.convert("RGB"), np.float32) / 255.0
+    except Exception as e:  # noqa: BLE001 - damaged files raise OSError, SyntaxError, ValueError, bomb warnings...
+        raise PulseJaxError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
     return np.clip(a, 0.0, 1.0)
 
 

@@ -48,6 +48,7 @@ class SearchResult:
     best_loss: np.ndarray     # (N, S): total loss of the returned image
     best_l2: np.ndarray       # (N, S): MSE of the returned image
     min_l2: np.ndarray        # (N, S): lowest MSE over all steps (what success tests)
+    diverged: np.ndarray      # (N, S) bool: the seed hit NaN/Inf and was stopped there (the others went on)
     latent: np.ndarray        # (N, S, L or 1, D): final latent
     noise: list[np.ndarray]   # L arrays (N, S, r_i, r_i): final noise maps
     seconds: float            # wall time of the search, compile included
@@ -65,6 +66,7 @@ class SearchState(NamedTuple):
     best_l2: jax.Array
     min_l2: jax.Array
     best_params: dict
+    diverged: jax.Array       # bool: stopped after a non-finite loss or gradient
     loss_history: jax.Array   # (steps,)
     l2_history: jax.Array     # (steps,)
 
@@ -169,6 +171,7 @@ def _init_one(spec: _Spec, key, latent=None, noise=None) -> SearchState:
         step=jnp.zeros((), jnp.int32), params=params, fixed_noise=fixed,
         opt_state=spec.optimizer().init(params), sphere=sphere_init(params),
         best_loss=inf, best_step=jnp.zeros((), jnp.int32), best_l2=inf, min_l2=inf, best_params=params,
+        diverged=jnp.zeros((), bool),
         loss_history=jnp.full((spec.steps,), jnp.nan, jnp.float32),
         l2_history=jnp.full((spec.steps,), jnp.nan, jnp.float32),
     )
@@ -177,18 +180,24 @@ def _init_one(spec: _Spec, key, latent=None, noise=None) -> SearchState:
 def _step_one(spec: _Spec, state: SearchState, lr_image, gen_params, fit) -> SearchState:
     (total, l2), grads = jax.value_and_grad(_objective, has_aux=True)(
         state.params, state.fixed_noise, lr_image, gen_params, fit, spec)
-    improved = total < state.best_loss  # strict, as the reference's `loss < min_loss`
+    finite = jnp.isfinite(total) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    diverged = state.diverged | ~finite
+    improved = (total < state.best_loss) & ~diverged  # strict, as the reference's `loss < min_loss`
     best_params = jax.tree_util.tree_map(lambda new, old: jnp.where(improved, new, old),
                                          state.params, state.best_params)
     updates, opt_state = spec.optimizer().update(grads, state.opt_state, state.params)
     params = sphere_project(optax.apply_updates(state.params, updates), state.sphere)
+    # A diverged seed is frozen where it was (its neighbours in the batch are unaffected).
+    params, opt_state = jax.tree_util.tree_map(lambda new, old: jnp.where(diverged, old, new),
+                                               (params, opt_state), (state.params, state.opt_state))
     return state._replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         best_loss=jnp.where(improved, total, state.best_loss),
         best_step=jnp.where(improved, state.step, state.best_step),
         best_l2=jnp.where(improved, l2, state.best_l2),
-        min_l2=jnp.minimum(state.min_l2, l2),
-        best_params=best_params,
+        min_l2=jnp.where(diverged, state.min_l2, jnp.minimum(state.min_l2, l2)),
+        best_params=best_params, diverged=diverged,
         loss_history=state.loss_history.at[state.step].set(total),
         l2_history=state.l2_history.at[state.step].set(l2),
     )
@@ -237,7 +246,9 @@ def default_step_loop() -> str:
 def _images(spec: _Spec, params, fixed_noise, gen_params, fit) -> jax.Array:
     """(N, S, R, R, 3) images of the given per-example params, clipped to [0, 1]."""
     def one(p, f):
-        return jnp.clip(_generate(spec, gen_params, fit, p, f)[0], 0.0, 1.0)
+        image = _generate(spec, gen_params, fit, p, f)[0]
+        # A seed that diverged before any finite step has only non-finite values: show black, not NaN.
+        return jnp.clip(jnp.where(jnp.isfinite(image), image, 0.0), 0.0, 1.0)
     return _over_images_and_seeds(one, 0, 0)(params, fixed_noise)
 
 
@@ -256,10 +267,11 @@ def _per_image_keys(key, n: int) -> jax.Array:
     return key
 
 
-def seed_keys(key, num_images: int, seeds: int) -> jax.Array:
-    """(N, S) keys: seed s of image n uses fold_in(image_key_n, s), whatever else runs beside it."""
+def seed_keys(key, num_images: int, seeds: int, seed_offset: int = 0) -> jax.Array:
+    """(N, S) keys: seed s of image n uses fold_in(image_key_n, seed_offset + s), whatever runs beside it."""
     image_keys = _per_image_keys(key, num_images)
-    return jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(seeds)))(image_keys)
+    indices = jnp.arange(seed_offset, seed_offset + seeds)
+    return jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(indices))(image_keys)
 
 
 def _check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, spec_rows: int):
@@ -290,12 +302,13 @@ def _check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, 
 def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds: int = 1, key=None,
            init: SearchInit | None = None, chunk_steps: int | None = None,
            on_chunk: Callable[[int, SearchState], None] | None = None,
-           precision: str = "highest", step_loop: str | None = None) -> SearchResult:
+           precision: str = "highest", step_loop: str | None = None, seed_offset: int = 0) -> SearchResult:
     """Search S seeds for each of N low-resolution images (N, h, h, 3) in [0, 1].
 
     ``on_chunk(steps_done, state)`` is called between chunks of ``chunk_steps``
     steps (default: about a tenth of the run), for progress and intermediates.
-    ``step_loop``: "device" or "host" (see STEP_LOOPS); default by backend.
+    ``step_loop``: "device" or "host" (see STEP_LOOPS); default by backend. ``seed_offset``: the
+    first seed's index, so that seeds split over several calls get the keys they would get in one.
     """
     step_loop = step_loop or default_step_loop()
     if step_loop not in STEP_LOOPS:
@@ -306,7 +319,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     spec = _make_spec(model, config, lr_images.shape[1], precision)
     fit = model.gaussian_fit
     started = time.perf_counter()
-    keys = seed_keys(key, lr_images.shape[0], seeds)
+    keys = seed_keys(key, lr_images.shape[0], seeds, seed_offset)
     latent = noise = None
     if init is not None:
         latent = jnp.asarray(init.latent, jnp.float32)
@@ -337,6 +350,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
         l2_history=np.moveaxis(host.l2_history, -1, 0),
         success=host.min_l2 <= config.eps,
         best_step=host.best_step, best_loss=host.best_loss, best_l2=host.best_l2, min_l2=host.min_l2,
+        diverged=host.diverged,
         latent=host.params["latent"], noise=final_noise,
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds,
     )
@@ -347,3 +361,24 @@ def current_images(model: Model, config: PulseConfig, lr_size: int, state: Searc
     """The images of a running search's current values (for --save-intermediate)."""
     spec = _make_spec(model, config, lr_size, precision)
     return np.asarray(_images(spec, state.params, state.fixed_noise, model.synthesis_params, model.gaussian_fit))
+
+
+def concat_results(parts: Sequence[SearchResult], axis: str) -> SearchResult:
+    """Join results of searches split over images (axis "images") or seeds ("seeds")."""
+    image_axis = {"images": 0, "seeds": 1}[axis]
+    merged = {}
+    for field in dataclasses.fields(SearchResult):
+        values = [getattr(p, field.name) for p in parts]
+        if field.name in ("seconds", "compile_seconds"):
+            merged[field.name] = float(sum(values))
+        elif field.name == "noise":
+            merged[field.name] = [np.concatenate(maps, axis=image_axis) for maps in zip(*values, strict=True)]
+        else:
+            history = field.name in ("loss_history", "l2_history")
+            merged[field.name] = np.concatenate(values, axis=image_axis + history)
+    return SearchResult(**merged)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}"
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()

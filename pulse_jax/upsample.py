@@ -21,7 +21,7 @@ from PIL import Image
 from pulse_jax.config import PulseConfig
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import atomic_write_bytes, read_image, resize, save_gif, save_png, sheet
-from pulse_jax.latent_search import SearchResult, current_images, search
+from pulse_jax.latent_search import SearchResult, concat_results, current_images, is_out_of_memory, search
 from pulse_jax.model import Model
 from pulse_jax.progress import Progress
 
@@ -56,9 +56,58 @@ def best_seed(result: SearchResult, n: int) -> int:
     return int(order[0])
 
 
+def run_key(config: PulseConfig, seeds: int, seed: int, precision: str, resolution: int) -> str:
+    """What must match for an earlier result to count as this run's (config hash and the rest)."""
+    return f"{config.hash()}-s{seeds}-seed{seed}-{precision}-r{resolution}"
+
+
+def load_previous(report_path: Path) -> dict[str, dict]:
+    """Entries of an earlier report in the same folder, by input path ({} if none or unreadable)."""
+    try:
+        previous = json.loads(report_path.read_text())
+        return {e["input"]: e for e in previous.get("inputs", []) if "run_key" in e}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def outputs_exist(entry: dict) -> bool:
+    paths = [entry["outputs"].get("image"), entry["outputs"].get("sheet"), *entry["outputs"].get("seeds", [])]
+    return all(p and Path(p).is_file() for p in paths)
+
+
+def search_fitting(model, lr, config, seeds, keys, *, on_chunk, precision, log, seed_offset=0) -> SearchResult:
+    """search(), and when the device runs out of memory, the same work in halves (images, then seeds).
+
+    Seeds keep their keys when split (seed_offset), so the results are those of one big run.
+    """
+    try:
+        return search(model, lr, config, seeds=seeds, key=keys, on_chunk=on_chunk, precision=precision,
+                      seed_offset=seed_offset)
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; everything else re-raised
+        if not is_out_of_memory(e):
+            raise
+    n = lr.shape[0]
+    if n > 1:
+        log(f"out of device memory with {n} images x {seeds} seeds; retrying in halves of images")
+        h = n // 2
+        parts = [search_fitting(model, lr[a:b], config, seeds, keys[a:b], on_chunk=on_chunk, precision=precision,
+                                log=log, seed_offset=seed_offset) for a, b in ((0, h), (h, n))]
+        return concat_results(parts, "images")
+    if seeds > 1:
+        log(f"out of device memory with 1 image x {seeds} seeds; retrying in halves of seeds")
+        h = seeds // 2
+        parts = [search_fitting(model, lr, config, b - a, keys, on_chunk=on_chunk, precision=precision, log=log,
+                                seed_offset=seed_offset + a) for a, b in ((0, h), (h, seeds))]
+        return concat_results(parts, "seeds")
+    raise PulseJaxError(
+        f"out of device memory searching one image with one seed at {model.config.resolution}px: the largest "
+        "batch that fits is none; free the device, or try --precision default on a GPU") from None
+
+
 def seed_entries(result: SearchResult, n: int) -> list[dict]:
     return [
-        {"seed": s, "success": bool(result.success[n, s]), "best_loss": float(result.best_loss[n, s]),
+        {"seed": s, "success": bool(result.success[n, s]), "diverged": bool(result.diverged[n, s]),
+         "best_loss": float(result.best_loss[n, s]),
          "best_l2": float(result.best_l2[n, s]), "min_l2": float(result.min_l2[n, s]),
          "best_step": int(result.best_step[n, s]), "first_l2": float(result.l2_history[0, n, s]),
          "final_loss": float(result.loss_history[-1, n, s])}
@@ -85,14 +134,37 @@ def write_json(path: Path, data: dict) -> None:
 
 def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: PulseConfig, *, seeds: int = 1,
                    seed: int = 0, batch_size: int = 1, all_seeds: bool = False, save_intermediate: bool = False,
-                   precision: str = "highest", log: Callable[[str], None] = print, show_progress: bool = True) -> dict:
-    """Upsample every input; returns (and writes) the report. Failed inputs are listed, never fatal."""
+                   precision: str = "highest", overwrite: bool = False, log: Callable[[str], None] = print,
+                   show_progress: bool = True) -> dict:
+    """Upsample every input; returns (and writes) the report. Failed inputs are listed, never fatal.
+
+    The report is rewritten after every batch, so an interrupted run keeps what it finished; a rerun
+    into the same folder skips inputs already done with the same settings and never replaces an
+    output made with other settings unless ``overwrite``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"config": config.to_dict(), "config_hash": config.hash(), "seeds": seeds, "seed": seed,
-              "resolution": model.config.resolution, "precision": precision, "inputs": [], "failed": []}
+    report_path = out_dir / REPORT_NAME
+    key = run_key(config, seeds, seed, precision, model.config.resolution)
+    previous = load_previous(report_path)
+    report = {"config": config.to_dict(), "config_hash": config.hash(), "run_key": key, "seeds": seeds,
+              "seed": seed, "resolution": model.config.resolution, "precision": precision, "inputs": [],
+              "failed": [], "skipped": []}
     good: list[InputImage] = []
+    stems: dict[str, Path] = {}
     for path in inputs:
         try:
+            if path.stem in stems:
+                raise PulseJaxError(f"{path}: same output name as {stems[path.stem]}; rename one of them")
+            stems[path.stem] = path
+            done = previous.get(str(path))
+            if done is not None and done["run_key"] == key and outputs_exist(done) and not overwrite:
+                report["inputs"].append(done)
+                report["skipped"].append(str(path))
+                log(f"already done with these settings: {path} (kept; --overwrite redoes it)")
+                continue
+            if (out_dir / f"{path.stem}.png").exists() and not overwrite:
+                raise PulseJaxError(f"{path}: {out_dir / (path.stem + '.png')} exists from other settings; "
+                                    "pass --overwrite to replace it, or choose another --out")
             image = read_image(path)
             check_size(image, model.config.resolution, path)
             good.append(InputImage(path, image))
@@ -107,26 +179,31 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     for _, items in sorted(groups.items()):
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
-            report["inputs"] += _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds,
-                                           save_intermediate, precision, bar)
+            entries = _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate,
+                                 precision, bar, log)
+            report["inputs"] += [dict(e, run_key=key) for e in entries]
+            report["seconds"] = time.perf_counter() - started
+            write_json(report_path, report)
     report["seconds"] = time.perf_counter() - started
-    write_json(out_dir / REPORT_NAME, report)
+    write_json(report_path, report)
     return report
 
 
-def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, bar):
+def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, bar, log):
     lr = np.stack([item.image for item in batch])
     keys = jax.numpy.stack([image_key(seed, item.path) for item in batch])
     frames: list[np.ndarray] = []
     done_before = [0]
 
     def on_chunk(done, state):
-        bar.update((done - done_before[0]) * len(batch) * seeds)
+        if done < done_before[0]:  # a new part of a search split after running out of memory
+            done_before[0] = 0
+        bar.update((done - done_before[0]) * state.step.size)
         done_before[0] = done
         if save_intermediate:
             frames.append(current_images(model, config, lr.shape[1], state, precision))
 
-    result = search(model, lr, config, seeds=seeds, key=keys, on_chunk=on_chunk, precision=precision)
+    result = search_fitting(model, lr, config, seeds, keys, on_chunk=on_chunk, precision=precision, log=log)
     entries = []
     for n, item in enumerate(batch):
         stem = item.path.stem
@@ -136,8 +213,9 @@ def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_inter
         if all_seeds:
             outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png"))
                                 for s in range(seeds)]
-        if save_intermediate and frames:
-            outputs["search_gif"] = str(save_gif([f[n, k] for f in frames], out_dir / f"{stem}_search.gif"))
+        whole = [f for f in frames if f.shape[:2] == (len(batch), seeds)]  # parts of a split search don't count
+        if save_intermediate and whole:
+            outputs["search_gif"] = str(save_gif([f[n, k] for f in whole], out_dir / f"{stem}_search.gif"))
         success = bool(result.success[n].any())
         entries.append({"input": str(item.path), "size": int(lr.shape[1]), "best_seed": k, "success": success,
                         "outputs": outputs, "seeds": seed_entries(result, n),

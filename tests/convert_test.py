@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA, save_checkpoint
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference import stylegan_torch as ref
 
 import pulse_jax as pj
@@ -128,6 +130,26 @@ def test_truncated_checkpoint(small_checkpoints, tmp_path):
         path = tmp_path / f"cut_{fmt}.pt"
         path.write_bytes(data[: len(data) // 2])
         expect_refusal(path, tmp_path, "not a readable PyTorch checkpoint")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.floats(0, 1), value=st.integers(0, 255), fmt=st.sampled_from(["zip", "legacy"]),
+       cut=st.booleans())
+def test_fuzzed_checkpoint_gives_a_state_dict_or_a_clear_error(tmp_path_factory, position, value, fmt, cut):
+    """A corrupted byte (or a cut) anywhere in a real checkpoint: a dict of arrays or a CheckpointError."""
+    from convert.torch_io import load_state_dict
+    from pulse_jax.errors import CheckpointError
+
+    d = tmp_path_factory.mktemp("fuzz")
+    raw = bytearray(save_checkpoint(ref.random_mapping_state_dict(dlatent=8), d / "m.pt", fmt).read_bytes())
+    i = min(int(position * len(raw)), len(raw) - 1)
+    raw = raw[:i] if cut else raw[:i] + bytes([value]) + raw[i + 1:]
+    (d / "m.pt").write_bytes(bytes(raw))
+    try:
+        out = load_state_dict(d / "m.pt", "mapping checkpoint")
+    except CheckpointError:
+        return
+    assert all(isinstance(v, np.ndarray) for v in out.values())
 
 
 class _PlantsAFile:

@@ -194,6 +194,29 @@ def test_step_loop_on_device_equals_host_loop(tiny):
     np.testing.assert_allclose(a.images, b.images, atol=1e-4)
 
 
+def test_diverged_seed_is_stopped_and_others_go_on(tiny):
+    lr = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
+    init = random_init(tiny, 1, 3, tiny.num_layers, 4)
+    poisoned = pj.SearchInit(init.latent.copy(), init.noise)
+    poisoned.latent[0, 1, 3, 7] = np.nan
+    config = pj.PulseConfig(steps=3)
+    bad = pj.search(tiny, lr, config, seeds=3, init=poisoned)
+    good = pj.search(tiny, lr, config, seeds=3, init=init)
+    assert bad.diverged.tolist() == [[False, True, False]] and not good.diverged.any()
+    assert not bad.success[0, 1] and np.isinf(bad.min_l2[0, 1])
+    np.testing.assert_allclose(bad.loss_history[:, 0, [0, 2]], good.loss_history[:, 0, [0, 2]], rtol=1e-5)
+    assert np.all(np.isfinite(bad.images))
+
+
+def test_same_key_same_bits(tiny):
+    lr = np.random.default_rng(3).random((2, 16, 16, 3), dtype=np.float32)
+    config = pj.PulseConfig(steps=3)
+    a = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(5))
+    b = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(5))
+    for field in ("images", "loss_history", "l2_history", "latent", "best_step"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
 def test_second_search_does_not_recompile(tiny):
     model = tiny
     lr = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)

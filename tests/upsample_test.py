@@ -1,0 +1,106 @@
+"""upsample_files: nothing lost, nothing overwritten, bad inputs reported, out-of-memory split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA
+from flax import nnx
+from PIL import Image
+
+import pulse_jax as pj
+from pulse_jax import upsample as upsample_module
+from pulse_jax.latent_search import search as real_search
+from pulse_jax.upsample import upsample_files
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
+    return pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
+                                gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
+
+
+def mixed_folder(root):
+    d = root / "in"
+    d.mkdir()
+    for i, name in enumerate(["a.png", "b.png"]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(d / name)
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
+    Image.new("RGB", (20, 20)).save(d / "wrong_size.png")
+    return sorted(d.iterdir())
+
+
+def run(model, inputs, out, **kw):
+    kw.setdefault("config", pj.PulseConfig(steps=2))
+    return upsample_files(model, inputs, out, kw.pop("config"), show_progress=False, log=lambda m: None, **kw)
+
+
+def test_mixed_folder_and_rerun(tiny, tmp_path):
+    inputs = mixed_folder(tmp_path)
+    out = tmp_path / "out"
+    report = run(tiny, inputs, out)
+    assert {e["input"].split("/")[-1] for e in report["inputs"]} == {"a.png", "b.png"}
+    failed = {f["input"].split("/")[-1]: f["error"] for f in report["failed"]}
+    assert set(failed) == {"corrupt.png", "wrong_size.png"}
+    assert "cannot read image" in failed["corrupt.png"] and "does not divide" in failed["wrong_size.png"]
+    written = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    assert {"a.png", "b.png", "a_sheet.png", "b_sheet.png", "report.json"} <= set(written)
+    # A rerun with the same settings leaves every finished output untouched and says so.
+    again = run(tiny, inputs, out)
+    assert sorted(again["skipped"]) == sorted(str(p) for p in inputs if p.name in ("a.png", "b.png"))
+    assert len(again["failed"]) == 2
+    for name in ("a.png", "b.png", "a_sheet.png", "b_sheet.png"):
+        assert (out / name).stat().st_mtime_ns == written[name][0] and (out / name).read_bytes() == written[name][1]
+    assert json.loads((out / "report.json").read_text())["inputs"] == again["inputs"]
+
+
+def test_other_settings_never_overwrite_without_overwrite(tiny, tmp_path):
+    inputs = mixed_folder(tmp_path)[:1]
+    out = tmp_path / "out"
+    run(tiny, inputs, out)
+    before = (out / "a.png").read_bytes()
+    report = run(tiny, inputs, out, config=pj.PulseConfig(steps=3))
+    assert "pass --overwrite" in report["failed"][0]["error"] and (out / "a.png").read_bytes() == before
+    report = run(tiny, inputs, out, config=pj.PulseConfig(steps=3), overwrite=True)
+    assert not report["failed"] and report["inputs"][0]["seeds"][0]["best_step"] <= 2
+
+
+def test_out_of_memory_splits_and_gives_the_same_results(tiny, tmp_path, monkeypatch):
+    """A device that fits one image x one seed: the work is halved until it fits, keys unchanged."""
+    calls = []
+
+    def small_device(model, lr, config, *, seeds, seed_offset=0, **kw):
+        calls.append((lr.shape[0], seeds))
+        if lr.shape[0] * seeds > 1:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB")
+        return real_search(model, lr, config, seeds=seeds, seed_offset=seed_offset, **kw)
+
+    inputs = mixed_folder(tmp_path)[:2]
+    whole = run(tiny, inputs, tmp_path / "whole", seeds=2, batch_size=2)
+    monkeypatch.setattr(upsample_module, "search", small_device)
+    split = run(tiny, inputs, tmp_path / "split", seeds=2, batch_size=2)
+    assert calls[0] == (2, 2) and (1, 1) in calls
+    for a, b in zip(whole["inputs"], split["inputs"], strict=True):
+        assert [s["best_loss"] for s in a["seeds"]] == pytest.approx([s["best_loss"] for s in b["seeds"]], rel=1e-4)
+
+
+def test_out_of_memory_with_nothing_left_to_split_is_a_message(tiny, tmp_path, monkeypatch):
+    def no_memory(*a, **kw):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(upsample_module, "search", no_memory)
+    with pytest.raises(pj.PulseJaxError, match="largest batch that fits is none"):
+        run(tiny, mixed_folder(tmp_path)[:1], tmp_path / "o")
+
+
+def test_same_stem_twice_is_refused(tiny, tmp_path):
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        Image.new("RGB", (16, 16)).save(tmp_path / d / "face.png")
+    report = run(tiny, [tmp_path / "x" / "face.png", tmp_path / "y" / "face.png"], tmp_path / "o")
+    assert len(report["inputs"]) == 1 and "same output name" in report["failed"][0]["error"]
