@@ -22,6 +22,8 @@ _HELP = {
     "learning_rate": "base learning rate",
     "steps": "optimisation steps",
     "lr_schedule": "fixed, linear1cycle or linear1cycledrop",
+    "degradation": "how the output must match the input: bicubic (PULSE's), box or gaussian[:SIGMA] downscaling, "
+                   "optionally +gray (luma only; automatic for grayscale inputs) and +mask (with --mask)",
 }
 
 
@@ -61,10 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
     up.add_argument("--precision", choices=("highest", "default"), default="highest",
                     help="matmul/conv precision: highest (float32) or default (TF32 on GPUs; faster)")
+    up.add_argument("--fit", type=int, metavar="SIZE",
+                    help="centre-crop each input to a square and resize it to SIZE (bicubic) instead of refusing "
+                         "sizes that are not square or do not divide the resolution")
+    up.add_argument("--mask", help="with --degradation ...+mask: an image the inputs' size, white where the "
+                                   "input is known (the loss ignores the rest: inpainting)")
+    up.add_argument("--align", action="store_true",
+                    help="inputs are photos: find and align every face (dlib, FFHQ crop), then upsample them; "
+                         "faces are downscaled to --fit (default 32)")
     up.add_argument("--overwrite", action="store_true",
                     help="redo inputs already done and replace outputs made with other settings")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     add_search_options(up)
+
+    al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
+    al.add_argument("photos", nargs="+", help="photo files or folders")
+    al.add_argument("--out", required=True, help="output folder: <stem>_<k>.png per face")
+    al.add_argument("--size", type=int, default=32, help="output side, dividing 1024 (default 32)")
 
     demo = sub.add_parser("demo", help="ground truth -> low resolution -> search, written as a sheet")
     demo.add_argument("--model", help="model directory (default: a small random-weight generator)")
@@ -79,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _upsample(args) -> int:
-    from pulse_jax.images import list_inputs
+    import numpy as np
+
+    from pulse_jax.images import list_inputs, read_image
     from pulse_jax.model import load_model
-    from pulse_jax.upsample import REPORT_NAME, upsample_files
+    from pulse_jax.upsample import REPORT_NAME, InputOptions, upsample_files
 
     config = config_from_args(args)
     if args.seeds < 1 or args.batch_size < 1:
@@ -89,7 +106,12 @@ def _upsample(args) -> int:
     inputs = list_inputs(args.inputs)
     model = load_model(args.model)
     out = Path(args.out)
-    report = upsample_files(model, inputs, out, config, seeds=args.seeds, seed=args.seed,
+    mask = None
+    if args.mask:
+        mask = (read_image(args.mask).mean(axis=-1) > 0.5).astype(np.float32)
+    options = InputOptions(fit=None if args.align else args.fit, mask=mask,
+                           align=(args.fit or 32) if args.align else None)
+    report = upsample_files(model, inputs, out, config, seeds=args.seeds, seed=args.seed, options=options,
                             batch_size=args.batch_size, all_seeds=args.all_seeds,
                             save_intermediate=args.save_intermediate, precision=args.precision,
                             overwrite=args.overwrite,
@@ -101,6 +123,24 @@ def _upsample(args) -> int:
     for f in report["failed"]:
         print(f"  failed: {f['error']}", file=sys.stderr)
     return 1 if report["failed"] else 0
+
+
+def _align(args) -> int:
+    from pulse_jax.align import FaceAligner, align_photo
+    from pulse_jax.images import list_inputs, save_png
+
+    aligner = FaceAligner()
+    failed = 0
+    for path in list_inputs(args.photos):
+        try:
+            faces = align_photo(aligner, path, args.size)
+        except PulseJaxError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        for k, face in enumerate(faces):
+            print(save_png(face, Path(args.out) / f"{path.stem}_{k}.png"))
+    return 1 if failed else 0
 
 
 def _demo(args) -> int:
@@ -139,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return convert_main(argv[1:], prog="pulse-jax convert")
     args = build_parser().parse_args(argv)
     try:
-        return {"upsample": _upsample, "demo": _demo}[args.command](args)
+        return {"upsample": _upsample, "align": _align, "demo": _demo}[args.command](args)
     except PulseJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 
+from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.losses import parse_loss_str
 from pulse_jax.optim import OPTIMIZERS, SCHEDULES
@@ -42,10 +43,12 @@ class PulseConfig:
     learning_rate: float = 0.4
     steps: int = 100
     lr_schedule: str = "linear1cycledrop"
+    degradation: str = "bicubic"  # not in the reference: see pulse_jax.degrade.Degradation
 
     def __post_init__(self):
         object.__setattr__(self, "bad_noise_layers", parse_layers(self.bad_noise_layers))
         parse_loss_str(self.loss_str)
+        Degradation.parse(self.degradation)
         if self.noise_type not in NOISE_TYPES:
             raise PulseJaxError(f"unknown noise_type {self.noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
         if self.opt_name not in OPTIMIZERS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import warnings
@@ -31,8 +32,15 @@ def list_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Any image PIL reads -> (H, W, 3) float32 in [0, 1] (alpha dropped, gray replicated, 16-bit scaled).
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+    pixels: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    gray: bool          # the file had no colour (L, LA, I;16, ...): match it against luma
+    alpha: bool         # the file had an alpha channel (dropped)
+
+
+def load_image(path: str | os.PathLike) -> LoadedImage:
+    """Any image PIL reads -> RGB float32 in [0, 1] (alpha dropped, gray replicated, 16-bit scaled).
 
     PIL's decompression-bomb limit stays on: an image over Image.MAX_IMAGE_PIXELS is refused.
     """
@@ -42,6 +50,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
+                gray = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") or (
+                    im.mode == "P" and _palette_is_gray(im))
+                alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     scale = 65535.0 if im.mode.startswith("I;16") else max(1.0, float(np.max(im)))
                     a = np.repeat((np.asarray(im, np.float32) / scale)[..., None], 3, axis=-1)
@@ -49,7 +60,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                     a = np.asarray(im.convert("RGB"), np.float32) / 255.0
     except Exception as e:  # noqa: BLE001 - damaged files raise OSError, SyntaxError, ValueError, bomb warnings...
         raise PulseJaxError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    return np.clip(a, 0.0, 1.0)
+    return LoadedImage(np.clip(a, 0.0, 1.0), gray, alpha)
+
+
+def _palette_is_gray(im: Image.Image) -> bool:
+    rgb = np.asarray(im.convert("RGB"), np.int16)
+    return bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]; see load_image."""
+    return load_image(path).pixels
+
+
+def center_fit(image: np.ndarray, size: int) -> np.ndarray:
+    """--fit: the largest centred square, resized to size x size with PIL's bicubic filter (antialiased)."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[top:top + side, left:left + side]
+    if side == size:
+        return square
+    resized = Image.fromarray(to_uint8(square)).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(resized, np.float32) / 255.0
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

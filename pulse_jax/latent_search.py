@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from pulse_jax.config import PulseConfig
-from pulse_jax.degrade import bicubic_downsample
+from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.layers import leaky_relu
 from pulse_jax.losses import geocross_loss, l1_loss, l2_loss, mse
@@ -84,6 +84,7 @@ class _Spec:
     terms: tuple
     eps: float
     factor: int
+    degradation: Degradation
     opt_name: str
     learning_rate: float
     lr_schedule: str
@@ -109,6 +110,7 @@ def _make_spec(model: Model, config: PulseConfig, lr_size: int, precision: str) 
         trainable=config.trainable_layers(n), zero=config.zero_layers(n),
         latent_rows=1 if config.tile_latent else n, dlatent=model.config.dlatent_size,
         terms=config.loss_terms(), eps=float(config.eps), factor=model.config.resolution // lr_size,
+        degradation=Degradation.parse(config.degradation),
         opt_name=config.opt_name, learning_rate=float(config.learning_rate), lr_schedule=config.lr_schedule,
         steps=config.steps, precision=precision,
     )
@@ -136,19 +138,22 @@ def _generate(spec: _Spec, gen_params, fit, params, fixed_noise):
     return (image[0] + 1.0) / 2.0, w
 
 
-def _objective(params, fixed_noise, lr_image, gen_params, fit, spec: _Spec):
+def _objective(params, fixed_noise, lr_image, mask, gen_params, fit, spec: _Spec):
     gen, w = _generate(spec, gen_params, fit, params, fixed_noise)
-    lr_gen = bicubic_downsample(gen[None], spec.factor)[0]
+    d = spec.degradation
+    lr_gen = d.apply(gen[None], spec.factor)[0]
+    target = d.observe(lr_image[None])[0]
+    weight = mask[..., None] if d.mask else None
     total = jnp.zeros((), jnp.float32)
-    for weight, name in spec.terms:
+    for weight_of_term, name in spec.terms:
         if name == "L2":
-            term = l2_loss(lr_gen, lr_image, spec.eps)
+            term = l2_loss(lr_gen, target, spec.eps, weight)
         elif name == "L1":
-            term = l1_loss(lr_gen, lr_image, spec.eps)
+            term = l1_loss(lr_gen, target, spec.eps, weight)
         else:
             term = geocross_loss(w)
-        total = total + weight * term
-    return total, mse(lr_gen, lr_image)
+        total = total + weight_of_term * term
+    return total, mse(lr_gen, target, weight)
 
 
 def _init_one(spec: _Spec, key, latent=None, noise=None) -> SearchState:
@@ -177,9 +182,9 @@ def _init_one(spec: _Spec, key, latent=None, noise=None) -> SearchState:
     )
 
 
-def _step_one(spec: _Spec, state: SearchState, lr_image, gen_params, fit) -> SearchState:
+def _step_one(spec: _Spec, state: SearchState, lr_image, mask, gen_params, fit) -> SearchState:
     (total, l2), grads = jax.value_and_grad(_objective, has_aux=True)(
-        state.params, state.fixed_noise, lr_image, gen_params, fit, spec)
+        state.params, state.fixed_noise, lr_image, mask, gen_params, fit, spec)
     finite = jnp.isfinite(total) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
     diverged = state.diverged | ~finite
@@ -217,18 +222,23 @@ def _init(spec: _Spec, keys, latent, noise) -> SearchState:
     return _over_images_and_seeds(fn, 0, 0)(keys, latent, noise)
 
 
+# vmap axes of (state, lr_image, mask, gen_params, fit): seeds share an image; images have their own.
+_SEED_AXES = (0, None, None, None, None)
+_IMAGE_AXES = (0, 0, 0, None, None)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
-def _run_steps(spec: _Spec, state: SearchState, num_steps, lr_images, gen_params, fit) -> SearchState:
+def _run_steps(spec: _Spec, state: SearchState, num_steps, lr_images, masks, gen_params, fit) -> SearchState:
     """``num_steps`` steps (a traced bound: one compile serves every chunk size)."""
-    step = _over_images_and_seeds(functools.partial(_step_one, spec), (0, None, None, None), (0, 0, None, None))
-    return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, lr_images, gen_params, fit), state)
+    step = _over_images_and_seeds(functools.partial(_step_one, spec), _SEED_AXES, _IMAGE_AXES)
+    return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, lr_images, masks, gen_params, fit), state)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
-def _run_one_step(spec: _Spec, state: SearchState, lr_images, gen_params, fit) -> SearchState:
+def _run_one_step(spec: _Spec, state: SearchState, lr_images, masks, gen_params, fit) -> SearchState:
     """One step per call, for backends where a loop inside the program is slower (see STEP_LOOPS)."""
-    step = _over_images_and_seeds(functools.partial(_step_one, spec), (0, None, None, None), (0, 0, None, None))
-    return step(state, lr_images, gen_params, fit)
+    step = _over_images_and_seeds(functools.partial(_step_one, spec), _SEED_AXES, _IMAGE_AXES)
+    return step(state, lr_images, masks, gen_params, fit)
 
 
 # "device": the chunk's steps run in a fori_loop inside one compiled call. "host": each compiled call
@@ -302,13 +312,15 @@ def _check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, 
 def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds: int = 1, key=None,
            init: SearchInit | None = None, chunk_steps: int | None = None,
            on_chunk: Callable[[int, SearchState], None] | None = None,
-           precision: str = "highest", step_loop: str | None = None, seed_offset: int = 0) -> SearchResult:
+           precision: str = "highest", step_loop: str | None = None, seed_offset: int = 0,
+           masks=None) -> SearchResult:
     """Search S seeds for each of N low-resolution images (N, h, h, 3) in [0, 1].
 
     ``on_chunk(steps_done, state)`` is called between chunks of ``chunk_steps``
     steps (default: about a tenth of the run), for progress and intermediates.
     ``step_loop``: "device" or "host" (see STEP_LOOPS); default by backend. ``seed_offset``: the
     first seed's index, so that seeds split over several calls get the keys they would get in one.
+    ``masks`` (N, h, h), 1 where the input is known: needed with a degradation ending in "+mask".
     """
     step_loop = step_loop or default_step_loop()
     if step_loop not in STEP_LOOPS:
@@ -318,6 +330,15 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     _check_inputs(model, lr_images, init, seeds, 1 if config.tile_latent else model.num_layers)
     spec = _make_spec(model, config, lr_images.shape[1], precision)
     fit = model.gaussian_fit
+    if spec.degradation.mask:
+        if masks is None or tuple(np.shape(masks)) != lr_images.shape[:3]:
+            raise PulseJaxError(f"degradation {config.degradation!r} needs masks shaped {lr_images.shape[:3]}, "
+                                f"got {None if masks is None else tuple(np.shape(masks))}")
+        masks = jnp.asarray(masks, jnp.float32)
+        if not bool(jnp.all(jnp.any(masks > 0, axis=(1, 2)))):
+            raise PulseJaxError("every mask needs at least one known pixel (value 1)")
+    else:
+        masks = None
     started = time.perf_counter()
     keys = seed_keys(key, lr_images.shape[0], seeds, seed_offset)
     latent = noise = None
@@ -331,10 +352,10 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
         n = min(chunk, config.steps - done)
         t0 = time.perf_counter()
         if step_loop == "device":
-            state = _run_steps(spec, state, jnp.int32(n), lr_images, model.synthesis_params, fit)
+            state = _run_steps(spec, state, jnp.int32(n), lr_images, masks, model.synthesis_params, fit)
         else:
             for _ in range(n):
-                state = _run_one_step(spec, state, lr_images, model.synthesis_params, fit)
+                state = _run_one_step(spec, state, lr_images, masks, model.synthesis_params, fit)
         if done == 0:
             state.step.block_until_ready()
             compile_seconds = time.perf_counter() - t0  # an upper bound: includes the first chunk's run

@@ -36,18 +36,25 @@ def parse_loss_str(loss_str: str) -> tuple[tuple[float, str], ...]:
     return tuple(terms)
 
 
-def mse(lr_gen: jax.Array, lr_ref: jax.Array) -> jax.Array:
+def _mean(x: jax.Array, weight: jax.Array | None) -> jax.Array:
+    """Mean over (h, w, c), or over the pixels where ``weight`` (h, w, 1) is 1 (inpainting)."""
+    if weight is None:
+        return jnp.mean(x)
+    return jnp.sum(x * weight) / (jnp.sum(weight) * x.shape[-1])
+
+
+def mse(lr_gen: jax.Array, lr_ref: jax.Array, weight: jax.Array | None = None) -> jax.Array:
     """Unclamped mean squared error of one example: the figure the success test uses."""
-    return jnp.mean(jnp.square(lr_gen - lr_ref))
+    return _mean(jnp.square(lr_gen - lr_ref), weight)
 
 
-def l2_loss(lr_gen, lr_ref, eps: float) -> jax.Array:
+def l2_loss(lr_gen, lr_ref, eps: float, weight=None) -> jax.Array:
     """``max(mean((D(gen) - ref)**2), eps)``: its gradient is zero once below eps."""
-    return jnp.maximum(mse(lr_gen, lr_ref), eps)
+    return jnp.maximum(mse(lr_gen, lr_ref, weight), eps)
 
 
-def l1_loss(lr_gen, lr_ref, eps: float) -> jax.Array:
-    return 10.0 * jnp.maximum(jnp.mean(jnp.abs(lr_gen - lr_ref)), eps)
+def l1_loss(lr_gen, lr_ref, eps: float, weight=None) -> jax.Array:
+    return 10.0 * jnp.maximum(_mean(jnp.abs(lr_gen - lr_ref), weight), eps)
 
 
 def geocross_loss(w: jax.Array) -> jax.Array:

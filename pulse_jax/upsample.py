@@ -8,6 +8,7 @@ skipped; the rest still run; nothing is written half-way.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import time
 import zlib
@@ -19,24 +20,37 @@ import numpy as np
 from PIL import Image
 
 from pulse_jax.config import PulseConfig
+from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
-from pulse_jax.images import atomic_write_bytes, read_image, resize, save_gif, save_png, sheet
+from pulse_jax.images import atomic_write_bytes, center_fit, load_image, resize, save_gif, save_png, sheet
 from pulse_jax.latent_search import SearchResult, concat_results, current_images, is_out_of_memory, search
 from pulse_jax.model import Model
 from pulse_jax.progress import Progress
 
 REPORT_NAME = "report.json"
+INDEX_NAME = "index.html"
 
 
 @dataclasses.dataclass
 class InputImage:
-    path: Path
-    image: np.ndarray  # (h, h, 3) in [0, 1]
+    path: Path          # the file it came from
+    name: str           # output stem: the file's stem, or <stem>_<k> for the k-th aligned face
+    image: np.ndarray   # (h, h, 3) in [0, 1]
+    gray: bool = False  # match luma only (the file had no colour)
 
 
-def image_key(base_seed: int, path: Path) -> jax.Array:
-    """An input's key depends on the seed and its file name only, not on what runs beside it."""
-    return jax.random.fold_in(jax.random.key(base_seed), zlib.crc32(path.name.encode()) & 0x7FFFFFFF)
+@dataclasses.dataclass
+class InputOptions:
+    """How files become search inputs (``pulse-jax upsample`` flags)."""
+
+    fit: int | None = None          # centre-crop and resize every input to fit x fit
+    mask: np.ndarray | None = None  # (h, h) in {0, 1}: with degradation "+mask", known pixels
+    align: int | None = None        # inputs are photos: align each face and downscale to align x align
+
+
+def image_key(base_seed: int, name: str) -> jax.Array:
+    """An input's key depends on the seed and its name only, not on what runs beside it."""
+    return jax.random.fold_in(jax.random.key(base_seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 def check_size(image: np.ndarray, resolution: int, path: Path) -> None:
@@ -75,14 +89,15 @@ def outputs_exist(entry: dict) -> bool:
     return all(p and Path(p).is_file() for p in paths)
 
 
-def search_fitting(model, lr, config, seeds, keys, *, on_chunk, precision, log, seed_offset=0) -> SearchResult:
+def search_fitting(model, lr, config, seeds, keys, *, on_chunk, precision, log, seed_offset=0,
+                   masks=None) -> SearchResult:
     """search(), and when the device runs out of memory, the same work in halves (images, then seeds).
 
     Seeds keep their keys when split (seed_offset), so the results are those of one big run.
     """
     try:
         return search(model, lr, config, seeds=seeds, key=keys, on_chunk=on_chunk, precision=precision,
-                      seed_offset=seed_offset)
+                      seed_offset=seed_offset, masks=masks)
     except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; everything else re-raised
         if not is_out_of_memory(e):
             raise
@@ -91,13 +106,14 @@ def search_fitting(model, lr, config, seeds, keys, *, on_chunk, precision, log, 
         log(f"out of device memory with {n} images x {seeds} seeds; retrying in halves of images")
         h = n // 2
         parts = [search_fitting(model, lr[a:b], config, seeds, keys[a:b], on_chunk=on_chunk, precision=precision,
-                                log=log, seed_offset=seed_offset) for a, b in ((0, h), (h, n))]
+                                log=log, seed_offset=seed_offset, masks=None if masks is None else masks[a:b])
+                 for a, b in ((0, h), (h, n))]
         return concat_results(parts, "images")
     if seeds > 1:
         log(f"out of device memory with 1 image x {seeds} seeds; retrying in halves of seeds")
         h = seeds // 2
         parts = [search_fitting(model, lr, config, b - a, keys, on_chunk=on_chunk, precision=precision, log=log,
-                                seed_offset=seed_offset + a) for a, b in ((0, h), (h, seeds))]
+                                seed_offset=seed_offset + a, masks=masks) for a, b in ((0, h), (h, seeds))]
         return concat_results(parts, "seeds")
     raise PulseJaxError(
         f"out of device memory searching one image with one seed at {model.config.resolution}px: the largest "
@@ -132,16 +148,59 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
+def read_inputs(paths: Sequence[Path], model: Model, options: InputOptions, out_dir: Path,
+                log: Callable[[str], None]) -> tuple[list[InputImage], list[dict]]:
+    """Files -> search inputs, and a failure entry per file that cannot be one (never fatal)."""
+    items, failed, said_alpha = [], [], False
+    aligner = None
+    if options.align:
+        from pulse_jax.align import FaceAligner, align_photo
+
+        aligner = FaceAligner()
+    for path in paths:
+        try:
+            if aligner is not None:
+                faces = align_photo(aligner, path, options.align)
+                for k, face in enumerate(faces):
+                    save_png(face, out_dir / "aligned" / f"{path.stem}_{k}.png")
+                    items.append(InputImage(path, f"{path.stem}_{k}", face))
+                log(f"{path}: {len(faces)} face(s) aligned to {options.align}x{options.align}")
+                continue
+            loaded = load_image(path)
+            if loaded.alpha and not said_alpha:
+                log(f"note: alpha channels are dropped (first in {path})")
+                said_alpha = True
+            image = center_fit(loaded.pixels, options.fit) if options.fit else loaded.pixels
+            check_size(image, model.config.resolution, path)
+            if options.mask is not None and options.mask.shape != image.shape[:2]:
+                raise PulseJaxError(f"{path}: the mask is {options.mask.shape[1]}x{options.mask.shape[0]}, "
+                                    f"the image {image.shape[1]}x{image.shape[0]}; they must match")
+            items.append(InputImage(path, path.stem, image, loaded.gray))
+        except PulseJaxError as e:
+            failed.append({"input": str(path), "error": str(e)})
+            log(f"skipped: {e}")
+    return items, failed
+
+
+def with_gray(config: PulseConfig) -> PulseConfig:
+    """The config for a grayscale input: compare luma, so the search also colourises."""
+    d = Degradation.parse(config.degradation)
+    return config if d.gray else dataclasses.replace(config, degradation=str(dataclasses.replace(d, gray=True)))
+
+
 def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: PulseConfig, *, seeds: int = 1,
                    seed: int = 0, batch_size: int = 1, all_seeds: bool = False, save_intermediate: bool = False,
-                   precision: str = "highest", overwrite: bool = False, log: Callable[[str], None] = print,
-                   show_progress: bool = True) -> dict:
-    """Upsample every input; returns (and writes) the report. Failed inputs are listed, never fatal.
+                   precision: str = "highest", overwrite: bool = False, options: InputOptions | None = None,
+                   log: Callable[[str], None] = print, show_progress: bool = True) -> dict:
+    """Upsample every input; returns (and writes) the report and index.html. Failed inputs are listed.
 
     The report is rewritten after every batch, so an interrupted run keeps what it finished; a rerun
     into the same folder skips inputs already done with the same settings and never replaces an
     output made with other settings unless ``overwrite``.
     """
+    options = options or InputOptions()
+    if Degradation.parse(config.degradation).mask and options.mask is None:
+        raise PulseJaxError(f"degradation {config.degradation!r} needs a mask: pass --mask MASK.png")
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / REPORT_NAME
     key = run_key(config, seeds, seed, precision, model.config.resolution)
@@ -149,49 +208,50 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     report = {"config": config.to_dict(), "config_hash": config.hash(), "run_key": key, "seeds": seeds,
               "seed": seed, "resolution": model.config.resolution, "precision": precision, "inputs": [],
               "failed": [], "skipped": []}
-    good: list[InputImage] = []
-    stems: dict[str, Path] = {}
-    for path in inputs:
-        try:
-            if path.stem in stems:
-                raise PulseJaxError(f"{path}: same output name as {stems[path.stem]}; rename one of them")
-            stems[path.stem] = path
-            done = previous.get(str(path))
-            if done is not None and done["run_key"] == key and outputs_exist(done) and not overwrite:
-                report["inputs"].append(done)
-                report["skipped"].append(str(path))
-                log(f"already done with these settings: {path} (kept; --overwrite redoes it)")
-                continue
-            if (out_dir / f"{path.stem}.png").exists() and not overwrite:
-                raise PulseJaxError(f"{path}: {out_dir / (path.stem + '.png')} exists from other settings; "
-                                    "pass --overwrite to replace it, or choose another --out")
-            image = read_image(path)
-            check_size(image, model.config.resolution, path)
-            good.append(InputImage(path, image))
-        except PulseJaxError as e:
-            report["failed"].append({"input": str(path), "error": str(e)})
-            log(f"skipped: {e}")
-    groups: dict[int, list[InputImage]] = {}
-    for item in good:
-        groups.setdefault(item.image.shape[0], []).append(item)
-    bar = Progress(len(good) * seeds * config.steps, "search", "seed-steps", enabled=show_progress)
+    items, report["failed"] = read_inputs(inputs, model, options, out_dir, log)
+    todo: list[InputImage] = []
+    names: dict[str, Path] = {}
+    for item in items:
+        done = previous.get(item.name)
+        if item.name in names:
+            report["failed"].append({"input": str(item.path),
+                                     "error": f"{item.path}: same output name as {names[item.name]}; rename one"})
+        elif done is not None and done["run_key"] == key and outputs_exist(done) and not overwrite:
+            report["inputs"].append(done)
+            report["skipped"].append(item.name)
+            log(f"already done with these settings: {item.name} (kept; --overwrite redoes it)")
+        elif (out_dir / f"{item.name}.png").exists() and not overwrite:
+            report["failed"].append({"input": str(item.path), "error": (
+                f"{item.path}: {out_dir / (item.name + '.png')} exists from other settings; pass --overwrite "
+                "to replace it, or choose another --out")})
+        else:
+            todo.append(item)
+        names.setdefault(item.name, item.path)
+    groups: dict[tuple[int, bool], list[InputImage]] = {}
+    for item in todo:
+        groups.setdefault((item.image.shape[0], item.gray), []).append(item)
+    bar = Progress(len(todo) * seeds * config.steps, "search", "seed-steps", enabled=show_progress)
     started = time.perf_counter()
-    for _, items in sorted(groups.items()):
-        for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            entries = _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate,
-                                 precision, bar, log)
+    for (_, gray), group in sorted(groups.items()):
+        group_config = with_gray(config) if gray else config
+        for start in range(0, len(group), batch_size):
+            batch = group[start:start + batch_size]
+            entries = _run_batch(model, batch, out_dir, group_config, seeds, seed, all_seeds, save_intermediate,
+                                 precision, options.mask, bar, log)
             report["inputs"] += [dict(e, run_key=key) for e in entries]
             report["seconds"] = time.perf_counter() - started
             write_json(report_path, report)
+            write_index(out_dir, report)
     report["seconds"] = time.perf_counter() - started
     write_json(report_path, report)
+    write_index(out_dir, report)
     return report
 
 
-def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, bar, log):
+def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, mask, bar, log):
     lr = np.stack([item.image for item in batch])
-    keys = jax.numpy.stack([image_key(seed, item.path) for item in batch])
+    keys = jax.numpy.stack([image_key(seed, item.name) for item in batch])
+    masks = None if mask is None else np.broadcast_to(mask, lr.shape[:3])
     frames: list[np.ndarray] = []
     done_before = [0]
 
@@ -203,10 +263,11 @@ def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_inter
         if save_intermediate:
             frames.append(current_images(model, config, lr.shape[1], state, precision))
 
-    result = search_fitting(model, lr, config, seeds, keys, on_chunk=on_chunk, precision=precision, log=log)
+    result = search_fitting(model, lr, config, seeds, keys, on_chunk=on_chunk, precision=precision, log=log,
+                            masks=masks)
     entries = []
     for n, item in enumerate(batch):
-        stem = item.path.stem
+        stem = item.name
         k = best_seed(result, n)
         outputs = {"image": str(save_png(result.images[n, k], out_dir / f"{stem}.png")),
                    "sheet": str(write_sheet(out_dir / f"{stem}_sheet.png", item.image, result, n))}
@@ -217,11 +278,37 @@ def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_inter
         if save_intermediate and whole:
             outputs["search_gif"] = str(save_gif([f[n, k] for f in whole], out_dir / f"{stem}_search.gif"))
         success = bool(result.success[n].any())
-        entries.append({"input": str(item.path), "size": int(lr.shape[1]), "best_seed": k, "success": success,
+        entries.append({"input": item.name, "file": str(item.path), "size": int(lr.shape[1]),
+                        "degradation": config.degradation, "best_seed": k, "success": success,
                         "outputs": outputs, "seeds": seed_entries(result, n),
                         "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds})
         if not success:
-            bar.stream.write(f"note: {item.path.name}: no seed reached eps={config.eps} "
+            bar.stream.write(f"note: {item.name}: no seed reached eps={config.eps} "
                              f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and "
                              "flagged in the report\n")
     return entries
+
+
+def write_index(out_dir: Path, report: dict) -> Path:
+    """index.html: every input's sheet with its figures, and what failed."""
+    rows = []
+    for e in report["inputs"]:
+        sheet_name = Path(e["outputs"]["sheet"]).name
+        best = e["seeds"][e["best_seed"]]
+        status = "within eps" if e["success"] else "NO seed within eps"
+        seeds = "".join(f"<li>seed {s['seed']}: MSE {s['min_l2']:.2e}, loss {s['best_loss']:.4g}, step "
+                        f"{s['best_step']}{' (diverged)' if s.get('diverged') else ''}</li>" for s in e["seeds"])
+        rows.append(f"<section><h2>{html.escape(e['input'])} ({status})</h2>"
+                    f"<img src='{html.escape(sheet_name)}' alt='sheet'><p>best seed {e['best_seed']}: MSE "
+                    f"{best['min_l2']:.2e}; degradation {html.escape(e.get('degradation', 'bicubic'))}</p>"
+                    f"<ul>{seeds}</ul></section>")
+    failed = "".join(f"<li>{html.escape(f['error'])}</li>" for f in report["failed"])
+    page = (f"<!doctype html><meta charset='utf-8'><title>pulse-jax run</title>"
+            f"<style>body{{font-family:sans-serif;margin:2em}}img{{max-width:100%}}</style>"
+            f"<h1>pulse-jax: {len(report['inputs'])} inputs, {len(report['failed'])} failed</h1>"
+            f"<p>config {html.escape(json.dumps(report['config']))}; seeds {report['seeds']}; "
+            f"resolution {report['resolution']}</p>{''.join(rows)}"
+            + (f"<h2>Failed</h2><ul>{failed}</ul>" if failed else ""))
+    path = out_dir / INDEX_NAME
+    atomic_write_bytes(path, lambda f: f.write(page.encode()))
+    return path

@@ -40,11 +40,14 @@ def test_upsample_folder_writes_every_input(small_model_dir, tmp_path):
     assert "Traceback" not in r.stderr
     assert "wrong.png: size 24 does not divide" in r.stderr and "broken.png" in r.stderr
     report = json.loads((out / "report.json").read_text())
-    assert [Path(e["input"]).name for e in report["inputs"]] == ["b.png", "a.png", "c.png"]  # grouped by size
+    # Grouped by (size, gray): 16 px first, then the 32 px colour one, then the 32 px gray one.
+    assert [Path(e["file"]).name for e in report["inputs"]] == ["b.png", "a.png", "c.png"]
+    assert [e["degradation"] for e in report["inputs"]] == ["bicubic", "bicubic", "bicubic+gray"]
+    assert (out / "index.html").is_file() and "c_sheet.png" in (out / "index.html").read_text()
     assert {Path(f["input"]).name for f in report["failed"]} == {"wrong.png", "broken.png"}
     assert report["config"]["bad_noise_layers"] == [12, 13] and report["config"]["steps"] == 3
     for e in report["inputs"]:
-        stem = Path(e["input"]).stem
+        stem = e["input"]
         for name in (f"{stem}.png", f"{stem}_seed0.png", f"{stem}_seed1.png", f"{stem}_sheet.png",
                      f"{stem}_search.gif"):
             assert (out / name).is_file(), name
@@ -90,3 +93,36 @@ def test_demo_runs_without_weights(tmp_path):
     # The search moves toward the input: every seed's downscaling MSE at least halves in 20 steps.
     assert all(s["min_l2"] < 0.5 * s["first_l2"] for s in report["seeds"])
     assert all(d > 0 for d in report["rms_difference_from_truth"])
+
+
+def test_align_then_upsample_a_real_photo(small_model_dir, tmp_path):
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+    r = pulse_jax("align", tmp_path / "astronaut.png", "--out", tmp_path / "faces", "--size", "32")
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "faces" / "astronaut_0.png")).shape == (32, 32, 3)
+    out = tmp_path / "run"
+    r = pulse_jax("upsample", tmp_path / "astronaut.png", "--align", "--model", small_model_dir, "--out", out,
+                  "--steps", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (out / "aligned" / "astronaut_0.png").is_file() and (out / "astronaut_0.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"][0]["input"] == "astronaut_0" and report["inputs"][0]["size"] == 32
+
+
+def test_fit_degradation_and_mask(small_model_dir, tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "r.png")
+    r = pulse_jax("upsample", tmp_path / "r.png", "--model", small_model_dir, "--out", tmp_path / "a", "--steps", "2")
+    assert r.returncode == 1 and "PULSE needs a square input" in r.stderr
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    r = pulse_jax("upsample", tmp_path / "r.png", "--model", small_model_dir, "--out", tmp_path / "b", "--steps", "2",
+                  "--fit", "32", "--degradation", "gaussian:3+mask", "--mask", tmp_path / "mask.png", "--quiet")
+    assert r.returncode == 0, r.stderr
+    entry = json.loads((tmp_path / "b" / "report.json").read_text())["inputs"][0]
+    assert entry["size"] == 32 and entry["degradation"] == "gaussian:3+mask"
+    r = pulse_jax("upsample", tmp_path / "r.png", "--model", small_model_dir, "--out", tmp_path / "c", "--fit", "32",
+                  "--degradation", "box+mask")
+    assert r.returncode == 2 and "needs a mask" in r.stderr
