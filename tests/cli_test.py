@@ -126,3 +126,36 @@ def test_fit_degradation_and_mask(small_model_dir, tmp_path):
     r = pulse_jax("upsample", tmp_path / "r.png", "--model", small_model_dir, "--out", tmp_path / "c", "--fit", "32",
                   "--degradation", "box+mask")
     assert r.returncode == 2 and "needs a mask" in r.stderr
+
+
+def test_ctrl_c_keeps_what_is_finished(small_model_dir, tmp_path):
+    """Interrupted after the first input: its outputs and report entry stay, the exit code says so."""
+    import signal
+    import time
+
+    for i in range(2):
+        write_png(tmp_path / f"in{i}.png", 32, i)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in0.png"),
+                             str(tmp_path / "in1.png"), "--model", str(small_model_dir), "--out", str(out),
+                             "--steps", "300", "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (out / "report.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "finished outputs are kept" in stderr and "Traceback" not in stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [e["input"] for e in report["inputs"]] == ["in0"]
+    assert (out / "in0.png").is_file() and not (out / "in1.png").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_demo_with_a_converted_model(small_model_dir, tmp_path):
+    r = pulse_jax("demo", "--model", small_model_dir, "--out", tmp_path / "d", "--steps", "3", "--seeds", "2",
+                  "--size", "32", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["resolution"] == 256 and report["model"] == str(small_model_dir)
