@@ -90,6 +90,7 @@ class _Spec:
     lr_schedule: str
     steps: int
     precision: str
+    remat: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -103,7 +104,7 @@ class _Spec:
         return make_optimizer(self.opt_name, self.learning_rate, self.lr_schedule, self.steps)
 
 
-def _make_spec(model: Model, config: PulseConfig, lr_size: int, precision: str) -> _Spec:
+def _make_spec(model: Model, config: PulseConfig, lr_size: int, precision: str, remat: bool = False) -> _Spec:
     n = model.num_layers
     return _Spec(
         graphdef=model.synthesis_graphdef, noise_shapes=tuple(model.config.noise_shapes()),
@@ -112,7 +113,7 @@ def _make_spec(model: Model, config: PulseConfig, lr_size: int, precision: str) 
         terms=config.loss_terms(), eps=float(config.eps), factor=model.config.resolution // lr_size,
         degradation=Degradation.parse(config.degradation),
         opt_name=config.opt_name, learning_rate=float(config.learning_rate), lr_schedule=config.lr_schedule,
-        steps=config.steps, precision=precision,
+        steps=config.steps, precision=precision, remat=remat,
     )
 
 
@@ -134,7 +135,7 @@ def _generate(spec: _Spec, gen_params, fit, params, fixed_noise):
     w = leaky_relu(params["latent"] * std[None] + mean[None])
     w_all = jnp.broadcast_to(w, (spec.num_layers, spec.dlatent))
     noise = _all_noise(spec, params["noise"], fixed_noise)
-    image = nnx.merge(spec.graphdef, gen_params)(w_all[None], noise, spec.precision)
+    image = nnx.merge(spec.graphdef, gen_params)(w_all[None], noise, spec.precision, spec.remat)
     return (image[0] + 1.0) / 2.0, w
 
 
@@ -313,7 +314,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
            init: SearchInit | None = None, chunk_steps: int | None = None,
            on_chunk: Callable[[int, SearchState], None] | None = None,
            precision: str = "highest", step_loop: str | None = None, seed_offset: int = 0,
-           masks=None) -> SearchResult:
+           masks=None, remat: bool = False, shard: bool | None = None) -> SearchResult:
     """Search S seeds for each of N low-resolution images (N, h, h, 3) in [0, 1].
 
     ``on_chunk(steps_done, state)`` is called between chunks of ``chunk_steps``
@@ -321,6 +322,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     ``step_loop``: "device" or "host" (see STEP_LOOPS); default by backend. ``seed_offset``: the
     first seed's index, so that seeds split over several calls get the keys they would get in one.
     ``masks`` (N, h, h), 1 where the input is known: needed with a degradation ending in "+mask".
+    ``remat``: recompute each generator block in the backward pass (less memory, more seeds fit).
+    ``shard``: split the (images x seeds) batch over all devices (default: when there are several).
     """
     step_loop = step_loop or default_step_loop()
     if step_loop not in STEP_LOOPS:
@@ -328,7 +331,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     config = config or PulseConfig()
     lr_images = jnp.asarray(lr_images, jnp.float32)
     _check_inputs(model, lr_images, init, seeds, 1 if config.tile_latent else model.num_layers)
-    spec = _make_spec(model, config, lr_images.shape[1], precision)
+    spec = _make_spec(model, config, lr_images.shape[1], precision, remat)
     fit = model.gaussian_fit
     if spec.degradation.mask:
         if masks is None or tuple(np.shape(masks)) != lr_images.shape[:3]:
@@ -345,24 +348,32 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     if init is not None:
         latent = jnp.asarray(init.latent, jnp.float32)
         noise = [jnp.asarray(x, jnp.float32) for x in init.noise]
+    placement = _placement(lr_images.shape[0], seeds, shard)
+    gen_params = model.synthesis_params
+    if placement is not None:
+        keys, latent, noise = placement.examples((keys, latent, noise))
+        lr_images, masks = placement.images((lr_images, masks))
+        gen_params, fit = placement.everywhere((gen_params, fit))
     state = _init(spec, keys, latent, noise)
+    if placement is not None:
+        state = placement.examples(state)
     chunk = chunk_steps or max(1, -(-config.steps // 10))
     done, compile_seconds = 0, 0.0
     while done < config.steps:
         n = min(chunk, config.steps - done)
         t0 = time.perf_counter()
         if step_loop == "device":
-            state = _run_steps(spec, state, jnp.int32(n), lr_images, masks, model.synthesis_params, fit)
+            state = _run_steps(spec, state, jnp.int32(n), lr_images, masks, gen_params, fit)
         else:
             for _ in range(n):
-                state = _run_one_step(spec, state, lr_images, masks, model.synthesis_params, fit)
+                state = _run_one_step(spec, state, lr_images, masks, gen_params, fit)
         if done == 0:
             state.step.block_until_ready()
             compile_seconds = time.perf_counter() - t0  # an upper bound: includes the first chunk's run
         done += n
         if on_chunk is not None:
             on_chunk(done, state)
-    images = _images(spec, state.best_params, state.fixed_noise, model.synthesis_params, fit)
+    images = _images(spec, state.best_params, state.fixed_noise, gen_params, fit)
     final_noise = [np.asarray(x)[:, :, 0] for x in _all_noise(spec, state.params["noise"], state.fixed_noise)]
     host = jax.device_get(state)
     return SearchResult(
@@ -375,6 +386,50 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
         latent=host.params["latent"], noise=final_noise,
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placement:
+    """Where the (N, S, ...) arrays live when the batch is split over several devices."""
+
+    example_sharding: Any   # for (N, S, ...) arrays
+    image_sharding: Any     # for (N, ...) arrays: split with the images, or replicated when seeds are split
+    replicated: Any         # for the generator's params and the gaussian fit
+
+    def examples(self, tree):
+        return jax.tree_util.tree_map(lambda x: jax.device_put(x, self.example_sharding), tree)
+
+    def images(self, tree):
+        return jax.tree_util.tree_map(lambda x: jax.device_put(x, self.image_sharding), tree)
+
+    def everywhere(self, tree):
+        return jax.tree_util.tree_map(lambda x: jax.device_put(x, self.replicated), tree)
+
+
+def _placement(num_images: int, seeds: int, shard: bool | None) -> _Placement | None:
+    """Split images over the devices if they divide evenly, else seeds; else run on one device.
+
+    Every example is independent, so the compiled program needs no communication: XLA partitions
+    the batch axis and each device runs its share. Params and statistics are replicated.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    devices = jax.devices()
+    if shard is False or len(devices) == 1:
+        return None
+    # Auto axes: XLA propagates the batch split through every op (no per-op sharding annotations).
+    mesh = jax.make_mesh((len(devices),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    split_first = NamedSharding(mesh, PartitionSpec("batch"))
+    split_second = NamedSharding(mesh, PartitionSpec(None, "batch"))
+    everywhere = NamedSharding(mesh, PartitionSpec())
+    if num_images % len(devices) == 0:
+        return _Placement(split_first, split_first, everywhere)
+    if seeds % len(devices) == 0:
+        return _Placement(split_second, everywhere, everywhere)
+    if shard:
+        raise PulseJaxError(f"cannot split {num_images} images x {seeds} seeds evenly over {len(devices)} devices; "
+                            "make the images or the seeds a multiple of the device count")
+    return None
 
 
 def current_images(model: Model, config: PulseConfig, lr_size: int, state: SearchState,

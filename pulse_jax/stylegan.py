@@ -145,15 +145,23 @@ class Synthesis(nnx.Module):
         self.blocks = nnx.Dict(blocks)
         self.torgb = Conv(config.block_channels(config.resolution), 3, 1, gain=1.0, rngs=rngs)
 
-    def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest") -> jax.Array:
+    def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest",
+                 remat: bool = False) -> jax.Array:
+        """``remat``: keep only each block's output for the backward pass and recompute the inside
+        (less memory per seed, about one more forward pass of work)."""
         x = None
         for i, res in enumerate(self.config.block_resolutions()):
             block = self.blocks[block_name(res)]
             layers = slice(2 * i, 2 * i + 2)
             if x is None:
-                x = block(w[:, layers], noise[layers], precision)
+                def run(w_i, n_i, block=block):
+                    return block(w_i, n_i, precision)
+                args = (w[:, layers], noise[layers])
             else:
-                x = block(x, w[:, layers], noise[layers], precision)
+                def run(x_in, w_i, n_i, block=block):
+                    return block(x_in, w_i, n_i, precision)
+                args = (x, w[:, layers], noise[layers])
+            x = jax.checkpoint(run)(*args) if remat else run(*args)
         return self.torgb(x, precision)
 
 

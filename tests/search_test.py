@@ -257,3 +257,14 @@ def test_config_validation():
     assert pj.PulseConfig().bad_layers(18) == (17,)
     assert pj.PulseConfig().trainable_layers(18) == (0, 1, 2, 3, 4)
     assert pj.PulseConfig(bad_noise_layers=(2,)).trainable_layers(18) == (0, 1, 3, 4)
+
+
+def test_remat_changes_nothing_but_memory(tiny):
+    """Rematerialised blocks give the same search. (The memory it saves is measured on a GPU by
+    benchmarks/remat_memory.py: XLA:CPU's memory analysis reports every activation either way.)"""
+    lr = np.random.default_rng(11).random((1, 16, 16, 3), dtype=np.float32)
+    config = pj.PulseConfig(steps=2)
+    plain = pj.search(tiny, lr, config, seeds=4, key=jax.random.key(2))
+    remat = pj.search(tiny, lr, config, seeds=4, key=jax.random.key(2), remat=True)
+    np.testing.assert_allclose(remat.loss_history[0], plain.loss_history[0], rtol=1e-6)
+    np.testing.assert_allclose(remat.loss_history, plain.loss_history, rtol=1e-5)
