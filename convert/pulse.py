@@ -7,6 +7,7 @@ from pathlib import Path
 
 from convert.torch_io import load_state_dict
 from pulse_jax import pulse_format
+from pulse_jax.errors import PulseJaxError
 from pulse_jax.model import Model, compute_gaussian_fit, save_model
 from pulse_jax.progress import Progress
 
@@ -16,8 +17,6 @@ def convert(*, synthesis: str, out: str, mapping: str | None = None, gaussian_fi
     """Convert and write; every check runs before anything is written."""
     log = (lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None)
     if Path(out).exists() and not overwrite:
-        from pulse_jax.errors import PulseJaxError
-
         raise PulseJaxError(f"{out} already exists; choose another --out or pass --overwrite")
     config, synth = pulse_format.synthesis_params(
         load_state_dict(synthesis, "synthesis checkpoint"), f"synthesis checkpoint {synthesis}")

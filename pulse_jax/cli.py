@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--batch-size", type=int, default=1, help="inputs searched together (x seeds each)")
     up.add_argument("--all-seeds", action="store_true", help="also write every seed's image")
     up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
-    up.add_argument("--precision", choices=("highest", "default"), default="highest",
-                    help="matmul/conv precision: highest (float32) or default (TF32 on GPUs; faster)")
+    up.add_argument("--precision", choices=("highest", "default", "bfloat16"), default="highest",
+                    help="generator matmul/conv precision: highest (float32), default (TF32 on GPUs: ~3x "
+                         "faster on an H200), bfloat16 (bf16 operands, float32 accumulation; cost in "
+                         "benchmarks/RESULTS.md)")
     up.add_argument("--fit", type=int, metavar="SIZE",
                     help="centre-crop each input to a square and resize it to SIZE (bicubic) instead of refusing "
                          "sizes that are not square or do not divide the resolution")

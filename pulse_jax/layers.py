@@ -17,12 +17,21 @@ from jax import lax
 LEAKY_SLOPE = 0.2
 INSTANCE_NORM_EPS = 1e-5
 
-# Precision of every convolution and matmul in the generator. "highest" is
-# float32 on every backend (no TF32 on GPU); the others are opt-in speed modes.
+# Precision of every convolution and matmul in the generator. "highest" is float32 on every backend
+# (no TF32 on GPU); "default" lets the backend choose (TF32 on NVIDIA GPUs); "bfloat16" feeds bf16
+# operands and accumulates in float32. Normalisation, noise and the losses stay float32 throughout.
 PRECISIONS = {
     "highest": lax.Precision.HIGHEST,
     "default": lax.Precision.DEFAULT,
+    "bfloat16": lax.Precision.DEFAULT,
 }
+
+
+def matmul_operands(precision: str, *arrays: jax.Array) -> tuple[list[jax.Array], dict]:
+    """Operands and keyword arguments for a dot or convolution at the named precision."""
+    if precision == "bfloat16":
+        return [a.astype(jnp.bfloat16) for a in arrays], {"preferred_element_type": jnp.float32}
+    return list(arrays), {"precision": PRECISIONS[precision]}
 
 
 def leaky_relu(x: jax.Array, slope: float = LEAKY_SLOPE) -> jax.Array:
@@ -51,7 +60,8 @@ class Dense(nnx.Module):
         self.b_mul = lrmul
 
     def __call__(self, x: jax.Array, precision: str) -> jax.Array:
-        y = jnp.dot(x, self.kernel[...] * self.w_mul, precision=PRECISIONS[precision])
+        (a, b), kw = matmul_operands(precision, x, self.kernel[...] * self.w_mul)
+        y = jnp.dot(a, b, **kw)
         return y + per_channel(self.bias[...] * self.b_mul, y.ndim)
 
 
@@ -67,13 +77,10 @@ class Conv(nnx.Module):
         return self.kernel[...] * self.w_mul
 
     def __call__(self, x: jax.Array, precision: str, *, add_bias: bool = True) -> jax.Array:
-        k = self.scaled_kernel()
-        pad = k.shape[0] // 2
-        y = lax.conv_general_dilated(
-            x, k, (1, 1), ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=PRECISIONS[precision],
-        )
+        pad = self.kernel.shape[0] // 2
+        (x, k), kw = matmul_operands(precision, x, self.scaled_kernel())
+        y = lax.conv_general_dilated(x, k, (1, 1), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
         return y + per_channel(self.bias[...], y.ndim) if add_bias else y
 
 
@@ -100,11 +107,9 @@ def conv_transpose_2x_dilated(x: jax.Array, k4: jax.Array, precision: str) -> ja
     Three quarters of its products are with inserted zeros, and XLA:CPU runs it
     ~10x slower than the phase form below.
     """
-    return lax.conv_general_dilated(
-        x, k4[::-1, ::-1], (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=PRECISIONS[precision],
-    )
+    (x, k), kw = matmul_operands(precision, x, k4[::-1, ::-1])
+    return lax.conv_general_dilated(x, k, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
 
 
 # Output pixel 2m + p of the transposed convolution reads padded-input taps t = 0, 1, 2 at
@@ -136,11 +141,8 @@ def conv_transpose_2x_phases(x: jax.Array, k4: jax.Array, precision: str) -> jax
     """
     b, h, w, _ = x.shape
     o = k4.shape[-1]
-    y = lax.conv_general_dilated(
-        x, phase_kernel(k4), (1, 1), ((1, 1), (1, 1)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=PRECISIONS[precision],
-    )
+    (x, k), kw = matmul_operands(precision, x, phase_kernel(k4))
+    y = lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
     return y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, o)
 
 
