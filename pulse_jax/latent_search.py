@@ -3,7 +3,8 @@
 Per step (shared/docs/pulse-reference.md, "Search loop"): w from the latent,
 generate, downscale, losses, track the best, gradient, optimiser update,
 sphere projection. The step loop runs inside the compiled program, in chunks
-of steps so that the caller can report progress between them.
+of steps so that the caller can report progress between them (on CPU, one
+step per compiled call: see STEP_LOOPS).
 """
 
 from __future__ import annotations
