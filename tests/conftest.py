@@ -67,3 +67,16 @@ def small_model_dir(small_checkpoints, tmp_path_factory):
             mapping=str(small_checkpoints["files"]["mapping_zip"]),
             gaussian_fit=str(DATA / "gaussian_fit.pt"), out=str(out), verbose=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A cheap random generator (128 px) with PULSE's real gaussian fit, for tests of the machinery."""
+    from flax import nnx
+
+    import pulse_jax as pj
+
+    fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
+    return pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
+                                gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA, save_checkpoint
-from flax import nnx
 from reference import pulse_torch
 
 import pulse_jax as pj
@@ -19,15 +18,6 @@ def small(small_model_dir, small_checkpoints):
     model = pj.load_model(small_model_dir)
     fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
     return model, small_checkpoints["synthesis"], (fit["mean"], fit["std"])
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """A cheap random generator (128 px) with PULSE's real gaussian fit, for tests of the machinery."""
-    fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
-    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
-    return pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
-                                gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
 
 
 def random_init(model, n, s, rows, seed=0):

@@ -6,23 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import DATA
-from flax import nnx
 from PIL import Image
 
 import pulse_jax as pj
 from pulse_jax import upsample as upsample_module
 from pulse_jax.latent_search import search as real_search
 from pulse_jax.upsample import upsample_files
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
-    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
-    return pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
-                                gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
 
 
 def mixed_folder(root):
