@@ -32,6 +32,7 @@ from reference import stylegan_torch as ref  # noqa: E402
 
 import pulse_jax as pj  # noqa: E402
 from pulse_jax import pulse_format  # noqa: E402
+from pulse_jax.latent_search import is_out_of_memory  # noqa: E402
 
 PRESET_OF = {256: "small_256", 1024: "ffhq_1024", 128: "tiny_128"}
 LR_SIZE = 32
@@ -128,16 +129,11 @@ def compile_only(resolution: int, seeds: int, precision: str, cache: str) -> flo
     return time_ours(model, seeds, reps=1, chunk=1, precision=precision)["compile_s"]
 
 
-def is_oom(e: Exception) -> bool:
-    text = f"{type(e).__name__} {e}"
-    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() or "OutOfMemory" in text
-
-
 def measure_ours(model, s, args, flops, ceiling) -> dict:
     try:
         ours = time_ours(model, s, args.reps, args.chunk, args.precision)
     except Exception as e:  # noqa: BLE001 - an out-of-memory is a result; anything else is re-raised
-        if not is_oom(e):
+        if not is_out_of_memory(e):
             raise
         return {"ours": "out of memory"}
     return {"ours_step_s": ours["step_s"], "ours_compile_s": ours["compile_s"],

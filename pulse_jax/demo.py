@@ -20,7 +20,7 @@ from pulse_jax.latent_search import search
 from pulse_jax.layers import leaky_relu
 from pulse_jax.model import Model, compute_gaussian_fit, load_model
 from pulse_jax.progress import Progress
-from pulse_jax.upsample import REPORT_NAME, seed_entries, write_json, write_sheet
+from pulse_jax.upsample import REPORT_NAME, seed_entries, seed_step_progress, write_json, write_sheet
 
 DEMO_PRESET = "tiny_128"
 
@@ -53,13 +53,7 @@ def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_
     lr = np.asarray(bicubic_downsample(jnp.asarray(truth)[None], model.config.resolution // lr_size))
     config = PulseConfig(steps=steps)
     bar = Progress(steps * seeds, "demo search", "seed-steps", enabled=show_progress)
-    last = [0]
-
-    def on_chunk(done, state):
-        bar.update((done - last[0]) * seeds)
-        last[0] = done
-
-    result = search(model, lr, config, seeds=seeds, key=jax.random.key(seed), on_chunk=on_chunk)
+    result = search(model, lr, config, seeds=seeds, key=jax.random.key(seed), on_chunk=seed_step_progress(bar))
     save_png(truth, out_dir / "ground_truth.png")
     save_png(lr[0], out_dir / "input.png")
     for s in range(seeds):

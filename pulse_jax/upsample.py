@@ -89,6 +89,21 @@ def outputs_exist(entry: dict) -> bool:
     return all(p and Path(p).is_file() for p in paths)
 
 
+def seed_step_progress(bar: Progress, then: Callable | None = None) -> Callable:
+    """An ``on_chunk`` for search(): advance ``bar`` by the seed-steps done, then call ``then(state)``."""
+    done_before = [0]
+
+    def on_chunk(done, state):
+        if done < done_before[0]:  # a new part of a search split after running out of memory
+            done_before[0] = 0
+        bar.update((done - done_before[0]) * state.step.size)  # state arrays are (N, S, ...)
+        done_before[0] = done
+        if then is not None:
+            then(state)
+
+    return on_chunk
+
+
 def search_fitting(model, lr, config, seeds, keys, *, on_chunk, precision, log, seed_offset=0,
                    masks=None) -> SearchResult:
     """search(), and when the device runs out of memory, the same work in halves (images, then seeds).
@@ -253,16 +268,11 @@ def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_inter
     keys = jax.numpy.stack([image_key(seed, item.name) for item in batch])
     masks = None if mask is None else np.broadcast_to(mask, lr.shape[:3])
     frames: list[np.ndarray] = []
-    done_before = [0]
 
-    def on_chunk(done, state):
-        if done < done_before[0]:  # a new part of a search split after running out of memory
-            done_before[0] = 0
-        bar.update((done - done_before[0]) * state.step.size)
-        done_before[0] = done
-        if save_intermediate:
-            frames.append(current_images(model, config, lr.shape[1], state, precision))
+    def keep_frame(state):
+        frames.append(current_images(model, config, lr.shape[1], state, precision))
 
+    on_chunk = seed_step_progress(bar, keep_frame if save_intermediate else None)
     result = search_fitting(model, lr, config, seeds, keys, on_chunk=on_chunk, precision=precision, log=log,
                             masks=masks)
     entries = []
