@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from pulse_jax.config import PulseConfig, parse_layers
@@ -76,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--overwrite", action="store_true",
                     help="redo inputs already done and replace outputs made with other settings")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
+    dist = up.add_argument_group("several processes (hosts, or one per GPU): run the same command in each; "
+                                 "each searches its share of the inputs into the shared --out folder")
+    dist.add_argument("--distributed", action="store_true",
+                      help="join a job of several processes, found from Slurm, Open MPI or Cloud TPU, or from "
+                           "the three options below")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
     add_search_options(up)
 
     al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
@@ -96,34 +105,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _upsample(args) -> int:
-    import numpy as np
-
-    from pulse_jax.images import list_inputs, read_image
-    from pulse_jax.model import load_model
-    from pulse_jax.upsample import REPORT_NAME, InputOptions, upsample_files
+    from pulse_jax.distributed import ProcessGroup, initialize
 
     config = config_from_args(args)
     if args.seeds < 1 or args.batch_size < 1:
         raise PulseJaxError("--seeds and --batch-size must be at least 1")
+    if not (args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))):
+        report = _upsample_here(args, config, ProcessGroup(), lambda m: print(m, file=sys.stderr))
+        return _summary(report, args, config, "")
+    group = initialize(args.coordinator, args.num_processes, args.process_id)
+    tag = f"[process {group.index}/{group.count}]"
+
+    def log(message):
+        print(f"{tag} {message}", file=sys.stderr)
+
+    # Whatever happens here, this process still meets the others at the end: one that left early
+    # would take the whole job down with it (jax.distributed stops every process when one is gone).
+    report, failed = None, False
+    try:
+        report = _upsample_here(args, config, group, log)
+    except Exception as e:  # noqa: BLE001 - reported, then the job ends together
+        failed = True
+        log(f"error: {e}" if isinstance(e, PulseJaxError) else f"error: {traceback.format_exc()}")
+    from pulse_jax.upsample import finish_job
+
+    merged = finish_job(Path(args.out), group, log)
+    code = 2 if failed else 0
+    if report is not None:
+        code = max(code, _summary(report, args, config, f"process {group.index}/{group.count}: "))
+    if merged is not None:
+        code = max(code, _summary(merged, args, config, "all processes: "))
+    return code
+
+
+def _upsample_here(args, config, group, log) -> dict:
+    """This process's part of the work: load, read its share of the inputs, search, write."""
+    import numpy as np
+
+    from pulse_jax.images import list_inputs, read_image
+    from pulse_jax.model import load_model
+    from pulse_jax.upsample import InputOptions, upsample_files
+
     inputs = list_inputs(args.inputs)
     model = load_model(args.model)
-    out = Path(args.out)
     mask = None
     if args.mask:
         mask = (read_image(args.mask).mean(axis=-1) > 0.5).astype(np.float32)
     options = InputOptions(fit=None if args.align else args.fit, mask=mask,
                            align=(args.fit or 32) if args.align else None)
-    report = upsample_files(model, inputs, out, config, seeds=args.seeds, seed=args.seed, options=options,
-                            batch_size=args.batch_size, all_seeds=args.all_seeds,
-                            save_intermediate=args.save_intermediate, precision=args.precision,
-                            overwrite=args.overwrite,
-                            log=lambda m: print(m, file=sys.stderr), show_progress=not args.quiet)
+    return upsample_files(model, inputs, Path(args.out), config, seeds=args.seeds, seed=args.seed, options=options,
+                          batch_size=args.batch_size, all_seeds=args.all_seeds,
+                          save_intermediate=args.save_intermediate, precision=args.precision,
+                          overwrite=args.overwrite, log=log, show_progress=not args.quiet, processes=group)
+
+
+def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
+    from pulse_jax.upsample import REPORT_NAME
+
     ok = sum(e["success"] for e in report["inputs"])
-    print(f"{len(report['inputs'])} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "
+    print(f"{whose}{len(report['inputs'])} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "
           f"done), {len(report['failed'])} failed; "
-          f"{report['seconds']:.1f}s; report: {out / REPORT_NAME}")
-    for f in report["failed"]:
-        print(f"  failed: {f['error']}", file=sys.stderr)
+          f"{report.get('seconds', 0.0):.1f}s; report: {Path(args.out) / REPORT_NAME}")
+    if not whose.startswith("process"):  # a process's failures are listed again in the merged report
+        for f in report["failed"]:
+            print(f"  failed: {f['error']}", file=sys.stderr)
     return 1 if report["failed"] else 0
 
 

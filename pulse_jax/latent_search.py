@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -315,7 +316,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
            init: SearchInit | None = None, chunk_steps: int | None = None,
            on_chunk: Callable[[int, SearchState], None] | None = None,
            precision: str = "highest", step_loop: str | None = None, seed_offset: int = 0,
-           masks=None, remat: bool = False, shard: bool | None = None) -> SearchResult:
+           masks=None, remat: bool = False, shard: bool | None = None,
+           devices: Sequence[jax.Device] | None = None) -> SearchResult:
     """Search S seeds for each of N low-resolution images (N, h, h, 3) in [0, 1].
 
     ``on_chunk(steps_done, state)`` is called between chunks of ``chunk_steps``
@@ -324,7 +326,11 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     first seed's index, so that seeds split over several calls get the keys they would get in one.
     ``masks`` (N, h, h), 1 where the input is known: needed with a degradation ending in "+mask".
     ``remat``: recompute each generator block in the backward pass (less memory, more seeds fit).
-    ``shard``: split the (images x seeds) batch over all devices (default: when there are several).
+    ``shard``: split the (images x seeds) batch over the devices (default: when there are several).
+    ``devices``: where to run (default: this process's devices, ``jax.local_devices()``). In a job of
+    several processes (``pulse_jax.distributed``), ``devices=jax.devices()`` makes the search one
+    program over every host's devices: each process must then pass the same inputs and key, and each
+    gets the whole result.
     """
     step_loop = step_loop or default_step_loop()
     if step_loop not in STEP_LOOPS:
@@ -349,9 +355,10 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     if init is not None:
         latent = jnp.asarray(init.latent, jnp.float32)
         noise = [jnp.asarray(x, jnp.float32) for x in init.noise]
-    placement = _placement(lr_images.shape[0], seeds, shard)
+    placement = _placement(lr_images.shape[0], seeds, shard, devices)
     gen_params = model.synthesis_params
     if placement is not None:
+        placement.check_same_everywhere((lr_images, masks, jax.random.key_data(keys), latent, noise))
         keys, latent, noise = placement.examples((keys, latent, noise))
         lr_images, masks = placement.images((lr_images, masks))
         gen_params, fit = placement.everywhere((gen_params, fit))
@@ -375,8 +382,9 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
         if on_chunk is not None:
             on_chunk(done, state)
     images = _images(spec, state.best_params, state.fixed_noise, gen_params, fit)
-    final_noise = [np.asarray(x)[:, :, 0] for x in _all_noise(spec, state.params["noise"], state.fixed_noise)]
-    host = jax.device_get(state)
+    noise_maps = _all_noise(spec, state.params["noise"], state.fixed_noise)
+    fetch = jax.device_get if placement is None else placement.fetch
+    images, noise_maps, host = fetch((images, noise_maps, state))
     return SearchResult(
         images=np.asarray(images),
         loss_history=np.moveaxis(host.loss_history, -1, 0),
@@ -384,7 +392,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
         success=host.min_l2 <= config.eps,
         best_step=host.best_step, best_loss=host.best_loss, best_l2=host.best_l2, min_l2=host.min_l2,
         diverged=host.diverged,
-        latent=host.params["latent"], noise=final_noise,
+        latent=host.params["latent"], noise=[np.asarray(x)[:, :, 0] for x in noise_maps],
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds,
     )
 
@@ -397,29 +405,73 @@ class _Placement:
     image_sharding: Any     # for (N, ...) arrays: split with the images, or replicated when seeds are split
     replicated: Any         # for the generator's params and the gaussian fit
 
+    @property
+    def spans_processes(self) -> bool:
+        return not self.replicated.is_fully_addressable
+
     def examples(self, tree):
-        return jax.tree_util.tree_map(lambda x: jax.device_put(x, self.example_sharding), tree)
+        return jax.tree_util.tree_map(lambda x: _put(x, self.example_sharding), tree)
 
     def images(self, tree):
-        return jax.tree_util.tree_map(lambda x: jax.device_put(x, self.image_sharding), tree)
+        return jax.tree_util.tree_map(lambda x: _put(x, self.image_sharding), tree)
 
     def everywhere(self, tree):
-        return jax.tree_util.tree_map(lambda x: jax.device_put(x, self.replicated), tree)
+        return jax.tree_util.tree_map(lambda x: _put(x, self.replicated), tree)
+
+    def check_same_everywhere(self, inputs) -> None:
+        """Across processes each one holds a part of one global batch: their inputs must agree."""
+        if not self.spans_processes:
+            return
+        from jax.experimental import multihost_utils
+
+        digest = np.uint32(0)
+        for leaf in jax.tree_util.tree_leaves(inputs):
+            digest = np.uint32(zlib.crc32(np.ascontiguousarray(jax.device_get(leaf)).tobytes(), int(digest)))
+        try:
+            multihost_utils.assert_equal(digest, "inputs differ between processes")
+        except AssertionError:
+            raise PulseJaxError("search(devices=...) over several processes needs the same images, key and "
+                                "init in every process; to search different images per process, leave "
+                                "devices at its default (this process's devices)") from None
+
+    def fetch(self, tree):
+        """To numpy on this host; over several processes, every process gets the whole arrays."""
+        if not self.spans_processes:
+            return jax.device_get(tree)
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def _placement(num_images: int, seeds: int, shard: bool | None) -> _Placement | None:
+def _put(x, sharding):
+    """device_put, also onto devices of other processes: there from this process's copy of the
+    value (every process holds the same), through the host (keys as their raw data)."""
+    if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jax.device_put(x, sharding)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), sharding)
+
+
+def _placement(num_images: int, seeds: int, shard: bool | None,
+               devices: Sequence[jax.Device] | None = None) -> _Placement | None:
     """Split images over the devices if they divide evenly, else seeds; else run on one device.
 
     Every example is independent, so the compiled program needs no communication: XLA partitions
     the batch axis and each device runs its share. Params and statistics are replicated.
     """
-    from jax.sharding import NamedSharding, PartitionSpec
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    devices = jax.devices()
-    if shard is False or len(devices) == 1:
+    chosen = devices is not None
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise PulseJaxError("devices is empty; pass at least one device (e.g. jax.local_devices())")
+    if shard is False:
+        devices = devices[:1]
+    if len(devices) == 1 and not chosen:
         return None
     # Auto axes: XLA propagates the batch split through every op (no per-op sharding annotations).
-    mesh = jax.make_mesh((len(devices),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = Mesh(np.array(devices), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
     split_first = NamedSharding(mesh, PartitionSpec("batch"))
     split_second = NamedSharding(mesh, PartitionSpec(None, "batch"))
     everywhere = NamedSharding(mesh, PartitionSpec())
@@ -427,10 +479,11 @@ def _placement(num_images: int, seeds: int, shard: bool | None) -> _Placement | 
         return _Placement(split_first, split_first, everywhere)
     if seeds % len(devices) == 0:
         return _Placement(split_second, everywhere, everywhere)
-    if shard:
+    spans_processes = len({d.process_index for d in devices}) > 1
+    if shard or spans_processes:
         raise PulseJaxError(f"cannot split {num_images} images x {seeds} seeds evenly over {len(devices)} devices; "
                             "make the images or the seeds a multiple of the device count")
-    return None
+    return _placement(num_images, seeds, False, devices)
 
 
 def current_images(model: Model, config: PulseConfig, lr_size: int, state: SearchState,

@@ -233,7 +233,11 @@ def load_model(directory: str | os.PathLike) -> Model:
         shape = jax.ShapeDtypeStruct((config.dlatent_size,), jnp.float32)
         expected["gaussian_fit"] = {"mean": shape, "std": shape}
     try:
-        checkpointer = ocp.StandardCheckpointer()
+        # Alone even in a job of several processes: each reads the whole model, and one whose peer
+        # failed must not wait on it (orbax otherwise synchronises every process around a restore).
+        me = jax.process_index()
+        alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        checkpointer = ocp.StandardCheckpointer(multiprocessing_options=alone)
         tree = checkpointer.restore(directory / PARAMS_DIR, expected)
         checkpointer.close()
     except Exception as e:  # orbax raises many types for damaged or mismatched files

@@ -21,6 +21,7 @@ from PIL import Image
 
 from pulse_jax.config import PulseConfig
 from pulse_jax.degrade import Degradation
+from pulse_jax.distributed import ProcessGroup
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import atomic_write_bytes, center_fit, load_image, resize, save_gif, save_png, sheet
 from pulse_jax.latent_search import SearchResult, concat_results, current_images, is_out_of_memory, search
@@ -29,6 +30,8 @@ from pulse_jax.progress import Progress
 
 REPORT_NAME = "report.json"
 INDEX_NAME = "index.html"
+ALONE = ProcessGroup()
+PART_PATTERN = "report.part*of*.json"  # one per process of a distributed run, until merged
 
 
 @dataclasses.dataclass
@@ -75,13 +78,56 @@ def run_key(config: PulseConfig, seeds: int, seed: int, precision: str, resoluti
     return f"{config.hash()}-s{seeds}-seed{seed}-{precision}-r{resolution}"
 
 
-def load_previous(report_path: Path) -> dict[str, dict]:
-    """Entries of an earlier report in the same folder, by input path ({} if none or unreadable)."""
+def read_report(path: Path) -> dict | None:
     try:
-        previous = json.loads(report_path.read_text())
-        return {e["input"]: e for e in previous.get("inputs", []) if "run_key" in e}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
+        report = json.loads(path.read_text())
+        return report if isinstance(report, dict) and isinstance(report.get("inputs"), list) else None
+    except (OSError, ValueError):
+        return None
+
+
+def load_previous(out_dir: Path) -> dict[str, dict]:
+    """Entries of earlier runs in the folder, by input name ({} if none or unreadable): the report,
+    and the part reports of a distributed run stopped before merging them; the newest file wins."""
+    entries = {}
+    paths = [p for p in [out_dir / REPORT_NAME, *out_dir.glob(PART_PATTERN)] if p.is_file()]
+    for path in sorted(paths, key=lambda p: p.stat().st_mtime_ns):
+        report = read_report(path) or {"inputs": []}
+        entries.update({e["input"]: e for e in report["inputs"]
+                        if isinstance(e, dict) and "run_key" in e and "input" in e})
+    return entries
+
+
+def part_name(group: ProcessGroup) -> str:
+    return f"report.part{group.index}of{group.count}.json"
+
+
+def merge_parts(out_dir: Path, group: ProcessGroup) -> dict:
+    """After every process finished: one report and index.html for the whole job."""
+    merged = {"inputs": [], "failed": [], "skipped": [], "processes": group.count, "seconds": 0.0}
+    for k in range(group.count):
+        part = read_report(out_dir / part_name(ProcessGroup(k, group.count)))
+        if part is not None and part.get("job") != group.job:
+            part = None  # left by an earlier job
+        if part is None:
+            merged["failed"].append({"input": f"process {k}", "error": f"process {k} of {group.count} wrote no "
+                                     f"report (see its log); its share of the inputs is not done: run again"})
+            continue
+        merged.update({name: v for name, v in part.items() if name not in merged})  # the run's settings
+        for field in ("inputs", "failed", "skipped"):
+            merged[field] += part.get(field, [])
+        merged["seconds"] = max(merged["seconds"], part.get("seconds", 0.0))
+    merged["inputs"].sort(key=lambda e: e["input"])
+    write_json(out_dir / REPORT_NAME, merged)
+    write_index(out_dir, merged)
+    remove_parts(out_dir)
+    return merged
+
+
+def remove_parts(out_dir: Path) -> None:
+    """After a complete report: part reports are older news (a stopped distributed run's)."""
+    for path in out_dir.glob(PART_PATTERN):
+        path.unlink(missing_ok=True)
 
 
 def outputs_exist(entry: dict) -> bool:
@@ -206,24 +252,32 @@ def with_gray(config: PulseConfig) -> PulseConfig:
 def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: PulseConfig, *, seeds: int = 1,
                    seed: int = 0, batch_size: int = 1, all_seeds: bool = False, save_intermediate: bool = False,
                    precision: str = "highest", overwrite: bool = False, options: InputOptions | None = None,
-                   log: Callable[[str], None] = print, show_progress: bool = True) -> dict:
+                   log: Callable[[str], None] = print, show_progress: bool = True,
+                   processes: ProcessGroup = ALONE) -> dict:
     """Upsample every input; returns (and writes) the report and index.html. Failed inputs are listed.
 
     The report is rewritten after every batch, so an interrupted run keeps what it finished; a rerun
     into the same folder skips inputs already done with the same settings and never replaces an
     output made with other settings unless ``overwrite``.
+
+    In a job of several processes (``processes``), every process is given the same inputs and searches
+    its share (by file name; the result of an input does not depend on where it ran); each writes
+    its own part report, and process 0 merges them into the report and index.html at the end.
     """
     options = options or InputOptions()
     if Degradation.parse(config.degradation).mask and options.mask is None:
         raise PulseJaxError(f"degradation {config.degradation!r} needs a mask: pass --mask MASK.png")
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_path = out_dir / REPORT_NAME
+    report_path = out_dir / (REPORT_NAME if processes.count == 1 else part_name(processes))
     key = run_key(config, seeds, seed, precision, model.config.resolution)
-    previous = load_previous(report_path)
+    previous = load_previous(out_dir)
     report = {"config": config.to_dict(), "config_hash": config.hash(), "run_key": key, "seeds": seeds,
               "seed": seed, "resolution": model.config.resolution, "precision": precision, "inputs": [],
               "failed": [], "skipped": []}
-    items, report["failed"] = read_inputs(inputs, model, options, out_dir, log)
+    if processes.count > 1:
+        report["job"] = processes.job
+    mine = processes.share([path.stem for path in inputs])
+    items, report["failed"] = read_inputs([p for p in inputs if p.stem in mine], model, options, out_dir, log)
     todo: list[InputImage] = []
     names: dict[str, Path] = {}
     for item in items:
@@ -245,7 +299,8 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     groups: dict[tuple[int, bool], list[InputImage]] = {}
     for item in todo:
         groups.setdefault((item.image.shape[0], item.gray), []).append(item)
-    bar = Progress(len(todo) * seeds * config.steps, "search", "seed-steps", enabled=show_progress)
+    label = "search" if processes.count == 1 else f"search [process {processes.index}/{processes.count}]"
+    bar = Progress(len(todo) * seeds * config.steps, label, "seed-steps", enabled=show_progress)
     started = time.perf_counter()
     for (_, gray), group in sorted(groups.items()):
         group_config = with_gray(config) if gray else config
@@ -256,11 +311,22 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
             report["inputs"] += [dict(e, run_key=key) for e in entries]
             report["seconds"] = time.perf_counter() - started
             write_json(report_path, report)
-            write_index(out_dir, report)
+            if processes.count == 1:
+                write_index(out_dir, report)
     report["seconds"] = time.perf_counter() - started
     write_json(report_path, report)
-    write_index(out_dir, report)
+    if processes.count == 1:
+        write_index(out_dir, report)
+        remove_parts(out_dir)
     return report
+
+
+def finish_job(out_dir: Path, processes: ProcessGroup, log: Callable[[str], None]) -> dict | None:
+    """Every process of a job calls this at the end, even after an error: wait for all of them,
+    then process 0 merges their part reports (returned; None elsewhere)."""
+    log("done; waiting for the other processes")
+    processes.barrier("pulse-jax upsample: every part report written")
+    return merge_parts(out_dir, processes) if processes.index == 0 else None
 
 
 def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, mask, bar, log):
@@ -316,8 +382,8 @@ def write_index(out_dir: Path, report: dict) -> Path:
     page = (f"<!doctype html><meta charset='utf-8'><title>pulse-jax run</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}img{{max-width:100%}}</style>"
             f"<h1>pulse-jax: {len(report['inputs'])} inputs, {len(report['failed'])} failed</h1>"
-            f"<p>config {html.escape(json.dumps(report['config']))}; seeds {report['seeds']}; "
-            f"resolution {report['resolution']}</p>{''.join(rows)}"
+            f"<p>config {html.escape(json.dumps(report.get('config')))}; seeds {report.get('seeds')}; "
+            f"resolution {report.get('resolution')}</p>{''.join(rows)}"
             + (f"<h2>Failed</h2><ul>{failed}</ul>" if failed else ""))
     path = out_dir / INDEX_NAME
     atomic_write_bytes(path, lambda f: f.write(page.encode()))
