@@ -299,6 +299,10 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     groups: dict[tuple[int, bool], list[InputImage]] = {}
     for item in todo:
         groups.setdefault((item.image.shape[0], item.gray), []).append(item)
+    devices = len(jax.local_devices())
+    if devices > 1 and seeds % devices and batch_size % devices:
+        log(f"note: {devices} devices, but neither --seeds ({seeds}) nor --batch-size ({batch_size}) is a multiple "
+            f"of {devices}: a batch that does not split evenly runs on one device")
     label = "search" if processes.count == 1 else f"search [process {processes.index}/{processes.count}]"
     bar = Progress(len(todo) * seeds * config.steps, label, "seed-steps", enabled=show_progress)
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -93,3 +94,26 @@ def test_same_stem_twice_is_refused(tiny, tmp_path):
         Image.new("RGB", (16, 16)).save(tmp_path / d / "face.png")
     report = run(tiny, [tmp_path / "x" / "face.png", tmp_path / "y" / "face.png"], tmp_path / "o")
     assert len(report["inputs"]) == 1 and "same output name" in report["failed"][0]["error"]
+
+
+@pytest.mark.parametrize(("seeds", "batch_size", "said"), [(3, 1, True), (4, 1, False), (1, 2, False)])
+def test_says_when_devices_would_sit_idle(tiny, tmp_path, monkeypatch, seeds, batch_size, said):
+    monkeypatch.setattr(upsample_module.jax, "local_devices", lambda: ["device"] * 2)
+    logged = []
+    upsample_files(tiny, [], tmp_path / "out", pj.PulseConfig(steps=1), seeds=seeds, batch_size=batch_size,
+                   show_progress=False, log=logged.append)
+    assert any("runs on one device" in m for m in logged) == said
+
+
+def test_stale_part_reports_are_read_newest_first_then_removed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    entry = {"input": "a", "run_key": "old", "outputs": {}}
+    (out / "report.json").write_text(json.dumps({"inputs": [entry]}))
+    part = out / "report.part1of2.json"
+    part.write_text(json.dumps({"inputs": [dict(entry, run_key="newer")]}))
+    later = (out / "report.json").stat().st_mtime_ns + 10**9  # newer even where timestamps are coarse
+    os.utime(part, ns=(later, later))
+    assert upsample_module.load_previous(out)["a"]["run_key"] == "newer"  # written after report.json
+    upsample_module.remove_parts(out)
+    assert not part.exists() and upsample_module.load_previous(out)["a"]["run_key"] == "old"
