@@ -47,7 +47,7 @@ def build(resolution: int):
     return model, sd, (fit["mean"], fit["std"])
 
 
-def time_ours(model, seeds: int, reps: int, chunk: int, precision: str):
+def time_ours(model, seeds: int, reps: int, chunk: int, precision: str, remat: bool = False):
     lr = np.random.default_rng(0).random((1, LR_SIZE, LR_SIZE, 3), dtype=np.float32)
     marks = []
 
@@ -57,7 +57,7 @@ def time_ours(model, seeds: int, reps: int, chunk: int, precision: str):
 
     start = time.perf_counter()
     pj.search(model, lr, pj.PulseConfig(steps=chunk * (reps + 1)), seeds=seeds, key=jax.random.key(0),
-              chunk_steps=chunk, on_chunk=on_chunk, precision=precision)
+              chunk_steps=chunk, on_chunk=on_chunk, precision=precision, remat=remat)
     times = np.diff([start] + marks)
     steady = statistics.median(times[1:]) / chunk
     return {"step_s": steady, "compile_s": float(times[0] - chunk * steady)}
@@ -91,10 +91,15 @@ def time_torch(sd, fit, seeds: int, reps: int, chunk: int, device: str):
 
 
 def measure_ceiling(precision: str) -> float:
-    """FLOP/s of a large float32 matmul through jax at this precision: the device's practical peak."""
+    """FLOP/s of a large matmul through jax as the generator computes it at this precision (float32 at
+    "highest"/"default", bf16 operands with float32 accumulation at "bfloat16"): the practical peak."""
     n = 4096 if jax.default_backend() != "cpu" else 1536
     a = jax.random.normal(jax.random.key(0), (n, n))
-    f = jax.jit(lambda x: jnp.dot(x, x, precision=precision))
+    if precision == "bfloat16":
+        a = a.astype(jnp.bfloat16)
+        f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    else:
+        f = jax.jit(lambda x: jnp.dot(x, x, precision=precision))
     f(a).block_until_ready()
     times = []
     for _ in range(5):
@@ -131,7 +136,7 @@ def compile_only(resolution: int, seeds: int, precision: str, cache: str) -> flo
 
 def measure_ours(model, s, args, flops, ceiling) -> dict:
     try:
-        ours = time_ours(model, s, args.reps, args.chunk, args.precision)
+        ours = time_ours(model, s, args.reps, args.chunk, args.precision, args.remat)
     except Exception as e:  # noqa: BLE001 - an out-of-memory is a result; anything else is re-raised
         if not is_out_of_memory(e):
             raise
@@ -185,9 +190,11 @@ def main():
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--torch-seeds", type=int, nargs="*", help="seed counts for torch (default: --seeds)")
+    p.add_argument("--ours-seeds", type=int, nargs="*", help="seed counts for ours (default: --seeds)")
     p.add_argument("--reps", type=int, default=3, help="timed chunks per measurement")
     p.add_argument("--chunk", type=int, default=2, help="steps per timed chunk")
-    p.add_argument("--precision", default="highest", choices=["highest", "default"])
+    p.add_argument("--precision", default="highest", choices=["highest", "default", "bfloat16"])
+    p.add_argument("--remat", action="store_true", help="ours recomputes each block in the backward pass")
     p.add_argument("--torch-tf32", action="store_true", help="let torch use TF32 (its cuDNN default)")
     p.add_argument("--compile-cache", action="store_true", help="also time cold/warm compiles via a cache")
     p.add_argument("--transposed-conv", choices=["phases", "dilated"], default="phases",
@@ -215,14 +222,15 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "torch": torch.__version__,
             "precision": args.precision, "torch_tf32": args.torch_tf32, "ceiling_flops": ceiling,
-            "lr_size": LR_SIZE, "transposed_conv": args.transposed_conv}
+            "lr_size": LR_SIZE, "transposed_conv": args.transposed_conv, "remat": args.remat}
     rows = []
     for r in args.resolutions:
         model, sd, fit = build(r)
         flops = search_step_flops(model.config)
-        for s in sorted(set(args.seeds) | set(args.torch_seeds or [])):
+        ours_seeds = args.seeds if args.ours_seeds is None else args.ours_seeds
+        for s in sorted(set(args.seeds) | set(args.torch_seeds or []) | set(ours_seeds)):
             row = {"resolution": r, "seeds": s, "flops_per_seed_step": flops}
-            if s in args.seeds:
+            if s in ours_seeds:
                 row.update(measure_ours(model, s, args, flops, ceiling))
             if s in (args.torch_seeds if args.torch_seeds is not None else args.seeds):
                 row.update(measure_torch(sd, fit, s, args, device))

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The whole GPU table in one prepared run (about 8 minutes), using only what the lent machine has
-# (jax with CUDA, flax, optax, orbax, torch). Writes JSON and markdown to $OUT (or ./gpu_out) and
-# prints the table. Each section has its own time limit so one overrun does not lose the rest.
+# GPU benchmarks in one prepared run, using only what the lent machine has (jax with CUDA, flax, optax,
+# orbax, torch). Writes JSON and markdown to $OUT (or ./gpu_out) and prints the tables. Each section has
+# its own time limit so one overrun does not lose the rest.
+#   bash benchmarks/gpu.sh          the whole table (about 8 minutes)
+#   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (about 8 minutes): torch's
+#                                   best TF32 batch with the card to itself, the most seeds that fit,
+#                                   bfloat16 and remat speed
 set -u
+MODE=${1:-table}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -29,11 +34,20 @@ run() {  # run SECONDS NAME ARGS...: one bench invocation with its own limit
   timeout "$limit" $B "$@" --out "$OUT/$name.json" 2>&1 | grep -v "^WARNING" | tee "$OUT/$name.log" | cut -c1-220
 }
 
-run 250 gpu_1024_fp32 --resolutions 1024 --seeds 1 8 32 64 --reps 3 --chunk 3 --max-fit
-run 80 gpu_1024_tf32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3 --precision default --torch-tf32
-run 60 gpu_1024_dilated --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --transposed-conv dilated
-run 60 gpu_256_fp32 --resolutions 256 --seeds 1 8 64 --reps 3 --chunk 3
-run 100 gpu_compile_cache --resolutions 1024 --seeds 1 --torch-seeds --reps 1 --chunk 1 --compile-cache
+if [ "$MODE" = missing ]; then
+  # torch alone in its process (no jax runs), so that its largest TF32 batches get the whole card
+  run 100 gpu_1024_tf32_torch_alone --resolutions 1024 --seeds 32 48 64 --ours-seeds --reps 3 --chunk 3 --torch-tf32
+  run 200 gpu_1024_tf32_max_fit --resolutions 1024 --seeds 32 64 --torch-seeds --reps 3 --chunk 3 \
+    --precision default --max-fit
+  run 80 gpu_1024_bf16 --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision bfloat16
+  run 80 gpu_1024_fp32_remat --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --remat
+else
+  run 250 gpu_1024_fp32 --resolutions 1024 --seeds 1 8 32 64 --reps 3 --chunk 3 --max-fit
+  run 80 gpu_1024_tf32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3 --precision default --torch-tf32
+  run 60 gpu_1024_dilated --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --transposed-conv dilated
+  run 60 gpu_256_fp32 --resolutions 256 --seeds 1 8 64 --reps 3 --chunk 3
+  run 100 gpu_compile_cache --resolutions 1024 --seeds 1 --torch-seeds --reps 1 --chunk 1 --compile-cache
+fi
 
 $PY benchmarks/report.py "$OUT"/gpu_*.json > "$OUT/gpu_table.md" 2>"$OUT/report.err"
 cat "$OUT/gpu_table.md" "$OUT/report.err"
