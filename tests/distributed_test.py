@@ -168,3 +168,13 @@ def test_search_as_one_program_over_two_processes():
     for i, r in enumerate(runs):
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"global search ok {i}" in r.stdout and f"refused {i}" in r.stdout
+
+
+def test_distributed_outside_a_cluster_says_what_to_pass(tmp_path):
+    clean = {k: v for k, v in env(1).items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_"))}
+    r = subprocess.run([sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path), "--model", str(tmp_path),
+                        "--out", str(tmp_path / "out"), "--distributed"], cwd=ROOT, env=clean,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "could not join the distributed job" in r.stderr and "--coordinator HOST:PORT" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()

@@ -33,6 +33,14 @@ for n, s in ((8, 1), (2, 8)):
     np.testing.assert_allclose(many.loss_history, one.loss_history, rtol=1e-3)
     assert np.abs(many.images - one.images).mean() < 1e-3
     print("sharded", n, s, "ok")
+    if n == 8:  # on the devices asked for: two of the eight
+        two = pj.search(m, lr, config, seeds=s, key=jax.random.key(0), devices=jax.devices()[:2])
+        np.testing.assert_allclose(two.loss_history, one.loss_history, rtol=1e-3)
+        print("two devices ok")
+chosen = jax.devices()[2:4]
+assert list(latent_search._placement(8, 1, None, chosen).example_sharding.mesh.devices.flat) == chosen
+# Not splittable: one of the devices asked for, not the default device.
+assert list(latent_search._placement(3, 3, None, chosen).example_sharding.mesh.devices.flat) == chosen[:1]
 try:
     pj.search(m, np.zeros((3, 16, 16, 3), np.float32), config, seeds=3, shard=True)
     raise SystemExit("an uneven split must be refused")
@@ -48,3 +56,4 @@ def test_sharded_search_equals_single_device():
                        timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sharded 8 1 ok" in r.stdout and "sharded 2 8 ok" in r.stdout and "done" in r.stdout
+    assert "two devices ok" in r.stdout
