@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--out", required=True, help="output folder")
     up.add_argument("--seeds", type=int, default=1, help="results searched per input (the reference's -duplicates)")
     up.add_argument("--seed", type=int, default=0, help="random seed")
-    up.add_argument("--batch-size", type=int, default=1, help="inputs searched together (x seeds each)")
+    up.add_argument("--batch-size", type=int, help="inputs searched together (x seeds each; default: 1, or one "
+                                                   "per device when --seeds does not split evenly over the devices)")
     up.add_argument("--all-seeds", action="store_true", help="also write every seed's image")
     up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
     up.add_argument("--precision", choices=("highest", "default", "bfloat16"), default="highest",
@@ -108,7 +109,7 @@ def _upsample(args) -> int:
     from pulse_jax.distributed import ProcessGroup, initialize
 
     config = config_from_args(args)
-    if args.seeds < 1 or args.batch_size < 1:
+    if args.seeds < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise PulseJaxError("--seeds and --batch-size must be at least 1")
     if not (args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))):
         report = _upsample_here(args, config, ProcessGroup(), lambda m: print(m, file=sys.stderr))

@@ -135,6 +135,24 @@ def outputs_exist(entry: dict) -> bool:
     return all(p and Path(p).is_file() for p in paths)
 
 
+def default_batch_size(seeds: int, devices: int) -> int:
+    """Inputs per search: one when the seeds split evenly over the devices, else one per device.
+
+    Either way each device holds the seeds of one input, as on a single device, so nothing is
+    more likely to run out of memory; without it all but one device would sit idle.
+    """
+    return 1 if seeds % devices == 0 else devices
+
+
+def batches(items: Sequence, batch_size: int, seeds: int, devices: int) -> list[list]:
+    """Runs of ``batch_size``; a shorter last run that would not split over the devices goes one by
+    one (all on one device it would need more memory than a full run needs per device)."""
+    runs = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    if devices > 1 and runs and len(runs[-1]) % devices and seeds % devices:
+        runs += [[item] for item in runs.pop()]
+    return runs
+
+
 def seed_step_progress(bar: Progress, then: Callable | None = None) -> Callable:
     """An ``on_chunk`` for search(): advance ``bar`` by the seed-steps done, then call ``then(state)``."""
     done_before = [0]
@@ -250,7 +268,8 @@ def with_gray(config: PulseConfig) -> PulseConfig:
 
 
 def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: PulseConfig, *, seeds: int = 1,
-                   seed: int = 0, batch_size: int = 1, all_seeds: bool = False, save_intermediate: bool = False,
+                   seed: int = 0, batch_size: int | None = None, all_seeds: bool = False,
+                   save_intermediate: bool = False,
                    precision: str = "highest", overwrite: bool = False, options: InputOptions | None = None,
                    log: Callable[[str], None] = print, show_progress: bool = True,
                    processes: ProcessGroup = ALONE) -> dict:
@@ -300,6 +319,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     for item in todo:
         groups.setdefault((item.image.shape[0], item.gray), []).append(item)
     devices = len(jax.local_devices())
+    batch_size = batch_size or default_batch_size(seeds, devices)
     if devices > 1 and seeds % devices and batch_size % devices:
         log(f"note: {devices} devices, but neither --seeds ({seeds}) nor --batch-size ({batch_size}) is a multiple "
             f"of {devices}: a batch that does not split evenly runs on one device")
@@ -308,8 +328,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     started = time.perf_counter()
     for (_, gray), group in sorted(groups.items()):
         group_config = with_gray(config) if gray else config
-        for start in range(0, len(group), batch_size):
-            batch = group[start:start + batch_size]
+        for batch in batches(group, batch_size, seeds, devices):
             entries = _run_batch(model, batch, out_dir, group_config, seeds, seed, all_seeds, save_intermediate,
                                  precision, options.mask, bar, log)
             report["inputs"] += [dict(e, run_key=key) for e in entries]

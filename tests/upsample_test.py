@@ -96,7 +96,19 @@ def test_same_stem_twice_is_refused(tiny, tmp_path):
     assert len(report["inputs"]) == 1 and "same output name" in report["failed"][0]["error"]
 
 
-@pytest.mark.parametrize(("seeds", "batch_size", "said"), [(3, 1, True), (4, 1, False), (1, 2, False)])
+def test_default_batch_keeps_every_device_busy():
+    assert upsample_module.default_batch_size(seeds=8, devices=8) == 1   # the seeds split
+    assert upsample_module.default_batch_size(seeds=4, devices=8) == 8   # the images split
+    assert upsample_module.default_batch_size(seeds=3, devices=1) == 1
+    items = list(range(10))
+    assert upsample_module.batches(items, 4, seeds=1, devices=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]
+    assert upsample_module.batches(items, 4, seeds=4, devices=4)[-1] == [8, 9]  # the seeds split: kept
+    assert upsample_module.batches(items, 4, seeds=1, devices=1)[-1] == [8, 9]
+    assert upsample_module.batches([], 4, seeds=1, devices=4) == []
+
+
+@pytest.mark.parametrize(("seeds", "batch_size", "said"),
+                         [(3, 1, True), (4, 1, False), (1, 2, False), (3, None, False)])
 def test_says_when_devices_would_sit_idle(tiny, tmp_path, monkeypatch, seeds, batch_size, said):
     monkeypatch.setattr(upsample_module.jax, "local_devices", lambda: ["device"] * 2)
     logged = []
