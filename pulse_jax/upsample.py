@@ -280,7 +280,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     output made with other settings unless ``overwrite``.
 
     In a job of several processes (``processes``), every process is given the same inputs and searches
-    its share (by file name; the result of an input does not depend on where it ran); each writes
+    its share (by file name; an input's keys come from its name, not from where it runs); each writes
     its own part report, and process 0 merges them into the report and index.html at the end.
     """
     options = options or InputOptions()
