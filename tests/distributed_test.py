@@ -29,18 +29,23 @@ def env(devices: int) -> dict:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("localhost", 0))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def run_processes(argv_of, devices: int, count: int = 2, timeout: int = 600) -> list[subprocess.CompletedProcess]:
-    """Start ``count`` processes (argv_of(i) each) at once and wait for all."""
-    procs = [subprocess.Popen(argv_of(i), cwd=ROOT, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(count)]
+    """Start ``count`` processes, argv_of(i, coordinator_address) each, at once and wait for all.
+
+    The coordinator listens on 127.0.0.1 only (JAX's default, every interface over IPv6, is not
+    available on every test machine)."""
+    address = f"127.0.0.1:{free_port()}"
+    process_env = {**env(devices), "JAX_COORDINATOR_BIND_ADDRESS": address}
+    procs = [subprocess.Popen(argv_of(i, address), cwd=ROOT, env=process_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(count)]
     results = []
-    for i, p in enumerate(procs):
+    for p in procs:
         out, err = p.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(argv_of(i), p.returncode, out, err))
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     return results
 
 
@@ -83,8 +88,7 @@ def test_cli_over_two_processes_equals_one_process(tiny_model_dir, tmp_path):
     single = subprocess.run([*common, "--out", str(tmp_path / "one")], cwd=ROOT, env=env(1), capture_output=True,
                             text=True, timeout=600)
     assert single.returncode == 0, single.stderr
-    port = free_port()
-    runs = run_processes(lambda i: [*common, "--out", str(tmp_path / "two"), "--coordinator", f"localhost:{port}",
+    runs = run_processes(lambda i, address: [*common, "--out", str(tmp_path / "two"), "--coordinator", address,
                                     "--num-processes", "2", "--process-id", str(i)], devices=1)
     for r in runs:
         assert r.returncode == 0, r.stdout + r.stderr
@@ -104,8 +108,7 @@ def test_cli_over_two_processes_equals_one_process(tiny_model_dir, tmp_path):
         np.testing.assert_array_equal(one, two)
 
     # A rerun skips what is done, whichever process finds it.
-    port = free_port()
-    again = run_processes(lambda i: [*common, "--out", str(tmp_path / "two"), "--coordinator", f"localhost:{port}",
+    again = run_processes(lambda i, address: [*common, "--out", str(tmp_path / "two"), "--coordinator", address,
                                      "--num-processes", "2", "--process-id", str(i)], devices=1)
     assert all(r.returncode == 0 for r in again), [r.stderr for r in again]
     assert "3 already done" in again[0].stdout
@@ -117,11 +120,10 @@ def test_a_failing_process_does_not_take_the_others_down(tiny_model_dir, tmp_pat
     out.mkdir()
     # Left by an earlier job with the same process count: not this job's, so not merged.
     (out / "report.part1of2.json").write_text(json.dumps({"job": "earlier", "inputs": [{"input": "stale"}]}))
-    port = free_port()
-    runs = run_processes(lambda i: [sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"),
+    runs = run_processes(lambda i, address: [sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"),
                                     "--model", str(tiny_model_dir) if i == 0 else str(tmp_path / "missing"),
                                     "--out", str(out), "--steps", "2", "--quiet", "--coordinator",
-                                    f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)], devices=1)
+                                    address, "--num-processes", "2", "--process-id", str(i)], devices=1)
     assert runs[1].returncode == 2 and "not a pulse-jax model directory" in runs[1].stderr, runs[1].stderr
     assert runs[0].returncode == 1, runs[0].stderr  # its own share done; the job as a whole is not
     report = json.loads((out / "report.json").read_text())
@@ -165,8 +167,7 @@ print("refused", group.index)
 
 
 def test_search_as_one_program_over_two_processes():
-    port = free_port()
-    runs = run_processes(lambda i: [sys.executable, "-c", GLOBAL_SEARCH, f"localhost:{port}", str(i)], devices=2)
+    runs = run_processes(lambda i, address: [sys.executable, "-c", GLOBAL_SEARCH, address, str(i)], devices=2)
     for i, r in enumerate(runs):
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"global search ok {i}" in r.stdout and f"refused {i}" in r.stdout
