@@ -51,11 +51,14 @@ def bicubic_downsample(images: jax.Array, factor: int) -> jax.Array:
         raise PulseJaxError(f"factor {factor} must be a positive integer dividing the image size {h}x{w}")
     if factor == 1:
         return images
-    mh = jnp.asarray(bicubic_matrix(h, factor))
-    mw = jnp.asarray(bicubic_matrix(w, factor))
+    return separable(images, bicubic_matrix(h, factor), bicubic_matrix(w, factor))
+
+
+def separable(images: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
+    """Apply (h', h) along the height and (w', w) along the width of (B, h, w, C): two float32 matmuls."""
     hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("ih,bhwc->biwc", mh, images, precision=hi)
-    return jnp.einsum("jw,biwc->bijc", mw, x, precision=hi)
+    x = jnp.einsum("ih,bhwc->biwc", jnp.asarray(rows), images, precision=hi)
+    return jnp.einsum("jw,biwc->bijc", jnp.asarray(cols), x, precision=hi)
 
 
 def box_downsample(images: jax.Array, factor: int) -> jax.Array:
@@ -80,10 +83,7 @@ def gaussian_downsample(images: jax.Array, factor: int, sigma: float | None = No
     """Gaussian blur (default sigma = f / 2) then subsample at block centres; separable, two matmuls."""
     _, h, w, _ = images.shape
     sigma = factor / 2.0 if sigma is None else sigma
-    mh, mw = jnp.asarray(gaussian_matrix(h, factor, sigma)), jnp.asarray(gaussian_matrix(w, factor, sigma))
-    hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("ih,bhwc->biwc", mh, images, precision=hi)
-    return jnp.einsum("jw,biwc->bijc", mw, x, precision=hi)
+    return separable(images, gaussian_matrix(h, factor, sigma), gaussian_matrix(w, factor, sigma))
 
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")

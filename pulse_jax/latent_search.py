@@ -230,18 +230,22 @@ _SEED_AXES = (0, None, None, None, None)
 _IMAGE_AXES = (0, 0, 0, None, None)
 
 
+def _batched_step(spec: _Spec) -> Callable:
+    """_step_one over (N, S) examples: (state, lr_images, masks, gen_params, fit) -> state."""
+    return _over_images_and_seeds(functools.partial(_step_one, spec), _SEED_AXES, _IMAGE_AXES)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
 def _run_steps(spec: _Spec, state: SearchState, num_steps, lr_images, masks, gen_params, fit) -> SearchState:
     """``num_steps`` steps (a traced bound: one compile serves every chunk size)."""
-    step = _over_images_and_seeds(functools.partial(_step_one, spec), _SEED_AXES, _IMAGE_AXES)
+    step = _batched_step(spec)
     return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, lr_images, masks, gen_params, fit), state)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
 def _run_one_step(spec: _Spec, state: SearchState, lr_images, masks, gen_params, fit) -> SearchState:
     """One step per call, for backends where a loop inside the program is slower (see STEP_LOOPS)."""
-    step = _over_images_and_seeds(functools.partial(_step_one, spec), _SEED_AXES, _IMAGE_AXES)
-    return step(state, lr_images, masks, gen_params, fit)
+    return _batched_step(spec)(state, lr_images, masks, gen_params, fit)
 
 
 # "device": the chunk's steps run in a fori_loop inside one compiled call. "host": each compiled call

@@ -98,15 +98,15 @@ def load_previous(out_dir: Path) -> dict[str, dict]:
     return entries
 
 
-def part_name(group: ProcessGroup) -> str:
-    return f"report.part{group.index}of{group.count}.json"
+def part_name(index: int, count: int) -> str:
+    return f"report.part{index}of{count}.json"
 
 
 def merge_parts(out_dir: Path, group: ProcessGroup) -> dict:
     """After every process finished: one report and index.html for the whole job."""
     merged = {"inputs": [], "failed": [], "skipped": [], "processes": group.count, "seconds": 0.0}
     for k in range(group.count):
-        part = read_report(out_dir / part_name(ProcessGroup(k, group.count)))
+        part = read_report(out_dir / part_name(k, group.count))
         if part is not None and part.get("job") != group.job:
             part = None  # left by an earlier job
         if part is None:
@@ -287,7 +287,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     if Degradation.parse(config.degradation).mask and options.mask is None:
         raise PulseJaxError(f"degradation {config.degradation!r} needs a mask: pass --mask MASK.png")
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_path = out_dir / (REPORT_NAME if processes.count == 1 else part_name(processes))
+    report_path = out_dir / (REPORT_NAME if processes.count == 1 else part_name(processes.index, processes.count))
     key = run_key(config, seeds, seed, precision, model.config.resolution)
     previous = load_previous(out_dir)
     report = {"config": config.to_dict(), "config_hash": config.hash(), "run_key": key, "seeds": seeds,
@@ -326,20 +326,21 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     label = "search" if processes.count == 1 else f"search [process {processes.index}/{processes.count}]"
     bar = Progress(len(todo) * seeds * config.steps, label, "seed-steps", enabled=show_progress)
     started = time.perf_counter()
+
+    def save_report():
+        report["seconds"] = time.perf_counter() - started
+        write_json(report_path, report)
+        if processes.count == 1:  # a job's index is written once, from every process's part
+            write_index(out_dir, report)
     for (_, gray), group in sorted(groups.items()):
         group_config = with_gray(config) if gray else config
         for batch in batches(group, batch_size, seeds, devices):
             entries = _run_batch(model, batch, out_dir, group_config, seeds, seed, all_seeds, save_intermediate,
                                  precision, options.mask, bar, log)
             report["inputs"] += [dict(e, run_key=key) for e in entries]
-            report["seconds"] = time.perf_counter() - started
-            write_json(report_path, report)
-            if processes.count == 1:
-                write_index(out_dir, report)
-    report["seconds"] = time.perf_counter() - started
-    write_json(report_path, report)
+            save_report()
+    save_report()
     if processes.count == 1:
-        write_index(out_dir, report)
         remove_parts(out_dir)
     return report
 
