@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -111,9 +114,15 @@ def _upsample(args) -> int:
     config = config_from_args(args)
     if args.seeds < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise PulseJaxError("--seeds and --batch-size must be at least 1")
+    stop = threading.Event()
     if not (args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))):
-        report = _upsample_here(args, config, ProcessGroup(), lambda m: print(m, file=sys.stderr))
-        return _summary(report, args, config, "")
+        def say(message):
+            print(message, file=sys.stderr)
+
+        with stop_on_signals(stop, say) as received:
+            report = _upsample_here(args, config, ProcessGroup(), say, stop)
+        code = _summary(report, args, config, "")
+        return _stopped_code(received, say) or code
     group = initialize(args.coordinator, args.num_processes, args.process_id)
     tag = f"[process {group.index}/{group.count}]"
 
@@ -123,11 +132,12 @@ def _upsample(args) -> int:
     # Whatever happens here, this process still meets the others at the end: one that left early
     # would take the whole job down with it (jax.distributed stops every process when one is gone).
     report, failed = None, False
-    try:
-        report = _upsample_here(args, config, group, log)
-    except Exception as e:  # noqa: BLE001 - reported, then the job ends together
-        failed = True
-        log(f"error: {e}" if isinstance(e, PulseJaxError) else f"error: {traceback.format_exc()}")
+    with stop_on_signals(stop, log) as received:
+        try:
+            report = _upsample_here(args, config, group, log, stop)
+        except Exception as e:  # noqa: BLE001 - reported, then the job ends together
+            failed = True
+            log(f"error: {e}" if isinstance(e, PulseJaxError) else f"error: {traceback.format_exc()}")
     from pulse_jax.upsample import finish_job
 
     merged = finish_job(Path(args.out), group, log)
@@ -136,10 +146,51 @@ def _upsample(args) -> int:
         code = max(code, _summary(report, args, config, f"process {group.index}/{group.count}: "))
     if merged is not None:
         code = max(code, _summary(merged, args, config, "all processes: "))
-    return code
+    return _stopped_code(received, log) or code
 
 
-def _upsample_here(args, config, group, log) -> dict:
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, say):
+    """While inside: Ctrl-C (SIGINT) or SIGTERM sets ``stop``, so the search ends at its next chunk of
+    steps with every finished output and the report written; a second signal stops at once.
+
+    Why not Python's KeyboardInterrupt: raised while JAX runs a garbage-collection callback it is only
+    printed ("Exception ignored in _xla_gc_callback", jax-ml/jax#18246) and the run goes on to the end.
+    A handler that only sets a flag cannot be lost that way. Yields the signals received.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield received
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            stop.set()
+            say(f"{signal.Signals(signum).name}: stopping after the current chunk of steps; finished outputs "
+                "are kept (once more to stop at once)")
+            return
+        for s in previous:
+            signal.signal(s, signal.SIG_DFL)  # a third one ends the process whatever it is doing
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stopped_code(received: list[int], say) -> int:
+    """128 + the signal, the shell's convention for a process stopped by it; 0 if none came."""
+    if not received:
+        return 0
+    say("interrupted: finished outputs are kept; the same command again does the rest")
+    return 128 + received[0]
+
+
+def _upsample_here(args, config, group, log, stop) -> dict:
     """This process's part of the work: load, read its share of the inputs, search, write."""
     import numpy as np
 
@@ -157,7 +208,8 @@ def _upsample_here(args, config, group, log) -> dict:
     return upsample_files(model, inputs, Path(args.out), config, seeds=args.seeds, seed=args.seed, options=options,
                           batch_size=args.batch_size, all_seeds=args.all_seeds,
                           save_intermediate=args.save_intermediate, precision=args.precision,
-                          overwrite=args.overwrite, log=log, show_progress=not args.quiet, processes=group)
+                          overwrite=args.overwrite, log=log, show_progress=not args.quiet, processes=group,
+                          stop=stop)
 
 
 def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
@@ -166,11 +218,12 @@ def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
     ok = sum(e["success"] for e in report["inputs"])
     print(f"{whose}{len(report['inputs'])} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "
           f"done), {len(report['failed'])} failed; "
-          f"{report.get('seconds', 0.0):.1f}s; report: {Path(args.out) / REPORT_NAME}")
+          f"{report.get('seconds', 0.0):.1f}s{'; stopped before the end' if report.get('stopped') else ''}; "
+          f"report: {Path(args.out) / REPORT_NAME}")
     if not whose.startswith("process"):  # a process's failures are listed again in the merged report
         for f in report["failed"]:
             print(f"  failed: {f['error']}", file=sys.stderr)
-    return 1 if report["failed"] else 0
+    return 1 if report["failed"] or report.get("stopped") else 0
 
 
 def _align(args) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -32,6 +33,10 @@ REPORT_NAME = "report.json"
 INDEX_NAME = "index.html"
 ALONE = ProcessGroup()
 PART_PATTERN = "report.part*of*.json"  # one per process of a distributed run, until merged
+
+
+class _Stopped(Exception):
+    """Raised between search chunks once ``stop`` is set; caught in upsample_files."""
 
 
 @dataclasses.dataclass
@@ -113,7 +118,9 @@ def merge_parts(out_dir: Path, group: ProcessGroup) -> dict:
             merged["failed"].append({"input": f"process {k}", "error": f"process {k} of {group.count} wrote no "
                                      f"report (see its log); its share of the inputs is not done: run again"})
             continue
-        merged.update({name: v for name, v in part.items() if name not in merged})  # the run's settings
+        merged.update({name: v for name, v in part.items() if name not in merged and name != "stopped"})
+        if part.get("stopped"):
+            merged["stopped"] = True
         for field in ("inputs", "failed", "skipped"):
             merged[field] += part.get(field, [])
         merged["seconds"] = max(merged["seconds"], part.get("seconds", 0.0))
@@ -272,12 +279,15 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
                    save_intermediate: bool = False,
                    precision: str = "highest", overwrite: bool = False, options: InputOptions | None = None,
                    log: Callable[[str], None] = print, show_progress: bool = True,
-                   processes: ProcessGroup = ALONE) -> dict:
+                   processes: ProcessGroup = ALONE, stop: threading.Event | None = None) -> dict:
     """Upsample every input; returns (and writes) the report and index.html. Failed inputs are listed.
 
     The report is rewritten after every batch, so an interrupted run keeps what it finished; a rerun
     into the same folder skips inputs already done with the same settings and never replaces an
     output made with other settings unless ``overwrite``.
+
+    ``stop`` (set from a signal handler or another thread): the batch being searched is dropped at
+    its next chunk of steps, nothing more starts, and the report says ``"stopped": true``.
 
     In a job of several processes (``processes``), every process is given the same inputs and searches
     its share (by file name; an input's keys come from its name, not from where it runs); each writes
@@ -332,15 +342,22 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
         write_json(report_path, report)
         if processes.count == 1:  # a job's index is written once, from every process's part
             write_index(out_dir, report)
-    for (_, gray), group in sorted(groups.items()):
-        group_config = with_gray(config) if gray else config
-        for batch in batches(group, batch_size, seeds, devices):
-            entries = _run_batch(model, batch, out_dir, group_config, seeds, seed, all_seeds, save_intermediate,
-                                 precision, options.mask, bar, log)
-            report["inputs"] += [dict(e, run_key=key) for e in entries]
-            save_report()
+    def check_stop():
+        if stop is not None and stop.is_set():
+            raise _Stopped
+    try:
+        for (_, gray), group in sorted(groups.items()):
+            group_config = with_gray(config) if gray else config
+            for batch in batches(group, batch_size, seeds, devices):
+                check_stop()
+                entries = _run_batch(model, batch, out_dir, group_config, seeds, seed, all_seeds,
+                                     save_intermediate, precision, options.mask, bar, check_stop, log)
+                report["inputs"] += [dict(e, run_key=key) for e in entries]
+                save_report()
+    except _Stopped:
+        report["stopped"] = True
     save_report()
-    if processes.count == 1:
+    if processes.count == 1 and not report.get("stopped"):
         remove_parts(out_dir)
     return report
 
@@ -353,16 +370,19 @@ def finish_job(out_dir: Path, processes: ProcessGroup, log: Callable[[str], None
     return merge_parts(out_dir, processes) if processes.index == 0 else None
 
 
-def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, mask, bar, log):
+def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, mask, bar,
+               check_stop, log):
     lr = np.stack([item.image for item in batch])
     keys = jax.numpy.stack([image_key(seed, item.name) for item in batch])
     masks = None if mask is None else np.broadcast_to(mask, lr.shape[:3])
     frames: list[np.ndarray] = []
 
-    def keep_frame(state):
-        frames.append(current_images(model, config, lr.shape[1], state, precision))
+    def after_chunk(state):
+        check_stop()
+        if save_intermediate:
+            frames.append(current_images(model, config, lr.shape[1], state, precision))
 
-    on_chunk = seed_step_progress(bar, keep_frame if save_intermediate else None)
+    on_chunk = seed_step_progress(bar, after_chunk)
     result = search_fitting(model, lr, config, seeds, keys, on_chunk=on_chunk, precision=precision, log=log,
                             masks=masks)
     entries = []
@@ -403,9 +423,11 @@ def write_index(out_dir: Path, report: dict) -> Path:
                     f"{best['min_l2']:.2e}; degradation {html.escape(e.get('degradation', 'bicubic'))}</p>"
                     f"<ul>{seeds}</ul></section>")
     failed = "".join(f"<li>{html.escape(f['error'])}</li>" for f in report["failed"])
+    stopped = ("<p><b>stopped before the end</b>: the same command again does the rest</p>"
+               if report.get("stopped") else "")
     page = (f"<!doctype html><meta charset='utf-8'><title>pulse-jax run</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}img{{max-width:100%}}</style>"
-            f"<h1>pulse-jax: {len(report['inputs'])} inputs, {len(report['failed'])} failed</h1>"
+            f"<h1>pulse-jax: {len(report['inputs'])} inputs, {len(report['failed'])} failed</h1>{stopped}"
             f"<p>config {html.escape(json.dumps(report.get('config')))}; seeds {report.get('seeds')}; "
             f"resolution {report.get('resolution')}</p>{''.join(rows)}"
             + (f"<h2>Failed</h2><ul>{failed}</ul>" if failed else ""))

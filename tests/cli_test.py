@@ -159,3 +159,52 @@ def test_demo_with_a_converted_model(small_model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "d" / "report.json").read_text())
     assert report["resolution"] == 256 and report["model"] == str(small_model_dir)
+
+
+def test_a_signal_sets_stop_and_a_second_one_interrupts():
+    """In-process: the handler only sets the event (nothing JAX can swallow), says so, and is removed after."""
+    import signal
+    import threading
+
+    import pytest
+
+    from pulse_jax.cli import stop_on_signals
+
+    said, stop = [], threading.Event()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(stop, said.append) as received:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.is_set() and received == [signal.SIGTERM] and "SIGTERM: stopping" in said[0]
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_ctrl_c_during_a_gc_callback_still_stops(monkeypatch):
+    """Why the handler only sets a flag: JAX runs a callback on every garbage collection, and a
+    KeyboardInterrupt raised inside one is printed and dropped (jax-ml/jax#18246), so the run went on
+    to the end (seen in CI). The same situation with a callback of our own: lost by default, kept by ours."""
+    import gc
+    import signal
+    import threading
+
+    from pulse_jax.cli import stop_on_signals
+
+    dropped, fired = [], []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+
+    def ctrl_c_in_gc(phase, info):
+        if phase == "start" and not fired:
+            fired.append(phase)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    gc.callbacks.append(ctrl_c_in_gc)  # the interpreter holds this very list: patch it in place
+    try:
+        gc.collect()  # Python's own handler: the KeyboardInterrupt never reaches the caller
+        assert dropped == [KeyboardInterrupt]
+        fired.clear()
+        stop = threading.Event()
+        with stop_on_signals(stop, lambda m: None) as received:
+            gc.collect()
+    finally:
+        gc.callbacks.remove(ctrl_c_in_gc)
+    assert stop.is_set() and received == [signal.SIGINT] and dropped == [KeyboardInterrupt]

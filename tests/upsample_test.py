@@ -129,3 +129,55 @@ def test_stale_part_reports_are_read_newest_first_then_removed(tmp_path):
     assert upsample_module.load_previous(out)["a"]["run_key"] == "newer"  # written after report.json
     upsample_module.remove_parts(out)
     assert not part.exists() and upsample_module.load_previous(out)["a"]["run_key"] == "old"
+
+
+def test_stop_drops_the_batch_being_searched_and_keeps_the_rest(tiny, tmp_path, monkeypatch):
+    """``stop`` set while the second input searches: the first stays done, the second is not written,
+    the report says stopped; the same call again does only the second."""
+    import threading
+
+    stop = threading.Event()
+    searched = []
+
+    def stop_during_second(model, lr, config, **kw):
+        searched.append(lr.shape[0])
+        if len(searched) == 2:
+            stop.set()  # as a signal handler would, while this search runs
+        return real_search(model, lr, config, **kw)
+
+    inputs = mixed_folder(tmp_path)[:2]
+    out = tmp_path / "out"
+    monkeypatch.setattr(upsample_module, "search", stop_during_second)
+    report = run(tiny, inputs, out, config=pj.PulseConfig(steps=4), stop=stop)
+    assert report["stopped"] and [e["input"] for e in report["inputs"]] == ["a"]
+    assert json.loads((out / "report.json").read_text()) == report
+    assert (out / "a.png").is_file() and not (out / "b.png").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # nothing half-written
+    monkeypatch.setattr(upsample_module, "search", real_search)
+    again = run(tiny, inputs, out, config=pj.PulseConfig(steps=4))
+    assert "stopped" not in again and again["skipped"] == ["a"] and (out / "b.png").is_file()
+
+
+def test_stop_before_the_start_searches_nothing(tiny, tmp_path):
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    report = run(tiny, mixed_folder(tmp_path)[:1], tmp_path / "out", stop=stop)
+    assert report["stopped"] and not report["inputs"] and not (tmp_path / "out" / "a.png").exists()
+
+
+def test_a_stopped_part_makes_the_merged_report_stopped(tmp_path):
+    from pulse_jax.distributed import ProcessGroup
+
+    out = tmp_path / "out"
+    out.mkdir()
+    group = ProcessGroup(index=0, count=2, job="j")
+    for k, stopped in enumerate((False, True)):
+        entry = {"input": f"x{k}", "outputs": {"sheet": f"x{k}_sheet.png"}, "best_seed": 0, "success": True,
+                 "seeds": [{"seed": 0, "min_l2": 0.0, "best_loss": 0.0, "best_step": 0}]}
+        part = {"job": "j", "inputs": [entry], "failed": [], "skipped": []}
+        (out / upsample_module.part_name(k, 2)).write_text(json.dumps(dict(part, stopped=True) if stopped else part))
+    merged = upsample_module.merge_parts(out, group)
+    assert merged["stopped"] and [e["input"] for e in merged["inputs"]] == ["x0", "x1"] and not merged["failed"]
+    assert "stopped before the end" in (out / "index.html").read_text()
