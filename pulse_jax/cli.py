@@ -167,6 +167,8 @@ def stop_on_signals(stop: threading.Event, say):
         received.append(signum)
         if len(received) == 1:
             stop.set()
+            if sys.stderr.isatty():
+                sys.stderr.write("\r\033[K")  # the progress bar's line: the message takes it
             say(f"{signal.Signals(signum).name}: stopping after the current chunk of steps; finished outputs "
                 "are kept (once more to stop at once)")
             return

@@ -23,6 +23,15 @@ class Progress:
             self._last_draw = now
             self._draw(now, note)
 
+    def write(self, message: str) -> None:
+        """A line of its own: on a terminal the bar is cleared first and drawn again below it."""
+        if self._tty and self.enabled:
+            self.stream.write("\r\033[K" + message + "\n")
+            self._draw(time.perf_counter(), "")
+        else:
+            self.stream.write(message + "\n")
+        self.stream.flush()
+
     def _draw(self, now: float, note: str) -> None:
         elapsed = now - self.start
         rate = self.count / elapsed if elapsed > 0 else 0.0

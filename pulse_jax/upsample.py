@@ -403,9 +403,9 @@ def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_inter
                         "outputs": outputs, "seeds": seed_entries(result, n),
                         "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds})
         if not success:
-            bar.stream.write(f"note: {item.name}: no seed reached eps={config.eps} "
-                             f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and "
-                             "flagged in the report\n")
+            bar.write(f"note: {item.name}: no seed reached eps={config.eps} "
+                      f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and flagged in the "
+                      "report")
     return entries
 
 
