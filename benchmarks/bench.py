@@ -1,8 +1,10 @@
 """Side-by-side speed of our search and the PyTorch PULSE loop (tests/reference), in one process.
 
 Same weights (random, PULSE format), same algorithm and config, same device. For each resolution and
-seed count: seed-steps per second (median over timed chunks), compile time, peak device memory, and
-achieved FLOP/s against a ceiling measured on the same device.
+seed count: seed-steps per second (median over timed chunks), compile time, peak memory (the device's
+allocator peak on a GPU; on a CPU the resident high-water mark of the timed steps above the resident
+size before the run), and achieved
+FLOP/s against a ceiling measured on the same device.
 
     python benchmarks/bench.py --resolutions 256 1024 --seeds 1 4 16 --out benchmarks/cpu.json
 """
@@ -10,6 +12,7 @@ achieved FLOP/s against a ceiling measured on the same device.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -47,13 +50,16 @@ def build(resolution: int):
     return model, sd, (fit["mean"], fit["std"])
 
 
-def time_ours(model, seeds: int, reps: int, chunk: int, precision: str, remat: bool = False):
+def time_ours(model, seeds: int, reps: int, chunk: int, precision: str, remat: bool = False,
+              after_warmup=lambda: None):
     lr = np.random.default_rng(0).random((1, LR_SIZE, LR_SIZE, 3), dtype=np.float32)
     marks = []
 
     def on_chunk(done, state):
         jax.block_until_ready(state)
         marks.append(time.perf_counter())
+        if len(marks) == 1:
+            after_warmup()
 
     start = time.perf_counter()
     pj.search(model, lr, pj.PulseConfig(steps=chunk * (reps + 1)), seeds=seeds, key=jax.random.key(0),
@@ -63,7 +69,7 @@ def time_ours(model, seeds: int, reps: int, chunk: int, precision: str, remat: b
     return {"step_s": steady, "compile_s": float(times[0] - chunk * steady)}
 
 
-def time_torch(sd, fit, seeds: int, reps: int, chunk: int, device: str):
+def time_torch(sd, fit, seeds: int, reps: int, chunk: int, device: str, after_warmup=lambda: None):
     c_sd = {k: v.to(device) for k, v in sd.items()}
     fit = tuple(f.to(device) for f in fit)
     num_layers = 2 * int(np.log2(max(int(k.split(".")[1].split("x")[0]) for k in sd if k.startswith("blocks.")))) - 2
@@ -82,6 +88,7 @@ def time_torch(sd, fit, seeds: int, reps: int, chunk: int, device: str):
     t0 = time.perf_counter()
     run()  # warm-up: cuDNN autotuning, allocator
     first = time.perf_counter() - t0
+    after_warmup()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -114,6 +121,46 @@ def peak_memory():
     return stats.get("peak_bytes_in_use")
 
 
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _trim_heap() -> None:
+    """Hand freed heap back to the OS, so that memory freed earlier (the other side's, the compiler's)
+    is not counted as resident."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def resident_before() -> int | None:
+    """CPU runs (Linux): the resident size before a measurement. None where that cannot be read."""
+    _trim_heap()
+    return _proc_status_bytes("VmRSS")
+
+
+def reset_high_water() -> None:
+    """Called after the warm-up chunk: the compiler's and autotuner's transient memory is not the search's."""
+    _trim_heap()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    except OSError:
+        pass
+
+
+def resident_peak_since(before: int | None) -> int | None:
+    """The most resident memory above ``before`` since the last reset: what the steady steps needed."""
+    peak = _proc_status_bytes("VmHWM")
+    return None if before is None or peak is None else peak - before
+
+
 def warm_compile_seconds(resolution: int, seeds: int, precision: str, cache: str) -> list[float]:
     """Cold then warm compile in fresh processes sharing a persistent compilation cache."""
     out = []
@@ -135,26 +182,30 @@ def compile_only(resolution: int, seeds: int, precision: str, cache: str) -> flo
 
 
 def measure_ours(model, s, args, flops, ceiling) -> dict:
+    on_cpu = jax.default_backend() == "cpu"
+    resident = resident_before() if on_cpu else None
     try:
-        ours = time_ours(model, s, args.reps, args.chunk, args.precision, args.remat)
+        ours = time_ours(model, s, args.reps, args.chunk, args.precision, args.remat, reset_high_water)
     except Exception as e:  # noqa: BLE001 - an out-of-memory is a result; anything else is re-raised
         if not is_out_of_memory(e):
             raise
         return {"ours": "out of memory"}
     return {"ours_step_s": ours["step_s"], "ours_compile_s": ours["compile_s"],
-            "ours_seed_steps_per_s": s / ours["step_s"], "ours_peak_bytes": peak_memory(),
+            "ours_seed_steps_per_s": s / ours["step_s"],
+            "ours_peak_bytes": resident_peak_since(resident) if on_cpu else peak_memory(),
             "ours_flops_fraction": flops * s / ours["step_s"] / ceiling}
 
 
 def measure_torch(sd, fit, s, args, device) -> dict:
+    resident = resident_before() if device == "cpu" else None
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        th = time_torch(sd, fit, s, args.reps, args.chunk, device)
+        th = time_torch(sd, fit, s, args.reps, args.chunk, device, reset_high_water)
     except torch.OutOfMemoryError:
         th = None
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resident_peak_since(resident)
     if device == "cuda":
         torch.cuda.empty_cache()  # give the memory back, or jax's later (larger) runs cannot have it
     if th is None:
