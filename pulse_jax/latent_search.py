@@ -330,7 +330,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     first seed's index, so that seeds split over several calls get the keys they would get in one.
     ``masks`` (N, h, h), 1 where the input is known: needed with a degradation ending in "+mask".
     ``remat``: recompute each generator block in the backward pass (less memory, more seeds fit: -18% of
-    a step's memory at 1024 px on an H200; none on XLA:CPU, whose peak is the top block's own backward).
+    a step's memory at 1024 px on an H200; none measured on XLA:CPU).
     ``shard``: split the (images x seeds) batch over the devices (default: when there are several).
     ``devices``: where to run (default: this process's devices, ``jax.local_devices()``). In a job of
     several processes (``pulse_jax.distributed``), ``devices=jax.devices()`` makes the search one
