@@ -3,8 +3,7 @@
 Same weights (random, PULSE format), same algorithm and config, same device. For each resolution and
 seed count: seed-steps per second (median over timed chunks), compile time, peak memory (the device's
 allocator peak on a GPU; on a CPU the resident high-water mark of the timed steps above the resident
-size before the run), and achieved
-FLOP/s against a ceiling measured on the same device.
+size before the run), and achieved FLOP/s against a ceiling measured on the same device.
 
     python benchmarks/bench.py --resolutions 256 1024 --seeds 1 4 16 --out benchmarks/cpu.json
 """
@@ -185,7 +184,8 @@ def measure_ours(model, s, args, flops, ceiling) -> dict:
     on_cpu = jax.default_backend() == "cpu"
     resident = resident_before() if on_cpu else None
     try:
-        ours = time_ours(model, s, args.reps, args.chunk, args.precision, args.remat, reset_high_water)
+        ours = time_ours(model, s, args.reps, args.chunk, args.precision, args.remat,
+                         reset_high_water if on_cpu else lambda: None)
     except Exception as e:  # noqa: BLE001 - an out-of-memory is a result; anything else is re-raised
         if not is_out_of_memory(e):
             raise
@@ -202,7 +202,8 @@ def measure_torch(sd, fit, s, args, device) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        th = time_torch(sd, fit, s, args.reps, args.chunk, device, reset_high_water)
+        th = time_torch(sd, fit, s, args.reps, args.chunk, device,
+                        reset_high_water if device == "cpu" else lambda: None)
     except torch.OutOfMemoryError:
         th = None
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else resident_peak_since(resident)

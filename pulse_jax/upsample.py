@@ -342,6 +342,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
         write_json(report_path, report)
         if processes.count == 1:  # a job's index is written once, from every process's part
             write_index(out_dir, report)
+
     def check_stop():
         if stop is not None and stop.is_set():
             raise _Stopped
