@@ -254,7 +254,11 @@ def main():
     p.add_argument("--max-fit", action="store_true",
                    help="after the table: predict the most seeds that fit at the largest resolution from "
                         "the measured peaks, then run that many (and 3/4 of it if it does not fit)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--max-fit-from", type=Path, metavar="JSON",
+                   help="like --max-fit, predicting from the peaks of ours in an earlier run's JSON "
+                        "(so that the long max-fit run can have its own time limit)")
+    p.add_argument("--out", type=Path, help="JSON results, rewritten after every row (a run stopped by a "
+                                             "time limit keeps what it measured)")
     p.add_argument("--compile-only", type=int, nargs=2, metavar=("R", "S"))
     p.add_argument("--cache", default="")
     args = p.parse_args()
@@ -276,6 +280,11 @@ def main():
             "precision": args.precision, "torch_tf32": args.torch_tf32, "ceiling_flops": ceiling,
             "lr_size": LR_SIZE, "transposed_conv": args.transposed_conv, "remat": args.remat}
     rows = []
+
+    def save():
+        if args.out:
+            args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
     for r in args.resolutions:
         model, sd, fit = build(r)
         flops = search_step_flops(model.config)
@@ -286,21 +295,24 @@ def main():
                 row.update(measure_ours(model, s, args, flops, ceiling))
             if s in (args.torch_seeds if args.torch_seeds is not None else args.seeds):
                 row.update(measure_torch(sd, fit, s, args, device))
+            if len(row) == 3:  # neither side runs at this seed count
+                continue
             if "ours_step_s" in row and "torch_step_s" in row:
                 row["speedup"] = row["torch_step_s"] / row["ours_step_s"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-        if args.max_fit and r == max(args.resolutions):
-            rows += max_fit(model, [x for x in rows if x["resolution"] == r and x.get("ours_peak_bytes")],
-                            args, flops, ceiling)
+            save()
+        if (args.max_fit or args.max_fit_from) and r == max(args.resolutions):
+            known = json.loads(args.max_fit_from.read_text())["rows"] if args.max_fit_from else rows
+            rows += max_fit(model, [x for x in known if x["resolution"] == r and x.get("ours_peak_bytes")
+                                    and not x.get("max_fit_try")], args, flops, ceiling)
+            save()
     if args.compile_cache:
         cache = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"pulse_jax_cc_{os.getpid()}")
         for r in args.resolutions:
             meta[f"compile_cold_warm_s_{r}"] = warm_compile_seconds(r, 1, args.precision, cache)
-    result = {"meta": meta, "rows": rows}
     print(json.dumps(meta))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save()
 
 
 if __name__ == "__main__":
