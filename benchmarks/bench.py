@@ -33,8 +33,8 @@ from reference import pulse_torch  # noqa: E402
 from reference import stylegan_torch as ref  # noqa: E402
 
 import pulse_jax as pj  # noqa: E402
+from pulse_jax import latent_search as ls  # noqa: E402
 from pulse_jax import pulse_format  # noqa: E402
-from pulse_jax.latent_search import is_out_of_memory  # noqa: E402
 
 PRESET_OF = {256: "small_256", 1024: "ffhq_1024", 128: "tiny_128"}
 LR_SIZE = 32
@@ -187,7 +187,7 @@ def measure_ours(model, s, args, flops, ceiling) -> dict:
         ours = time_ours(model, s, args.reps, args.chunk, args.precision, args.remat,
                          reset_high_water if on_cpu else lambda: None)
     except Exception as e:  # noqa: BLE001 - an out-of-memory is a result; anything else is re-raised
-        if not is_out_of_memory(e):
+        if not ls.is_out_of_memory(e):
             raise
         return {"ours": "out of memory"}
     return {"ours_step_s": ours["step_s"], "ours_compile_s": ours["compile_s"],
@@ -214,21 +214,73 @@ def measure_torch(sd, fit, s, args, device) -> dict:
     return {"torch_step_s": th["step_s"], "torch_seed_steps_per_s": s / th["step_s"], "torch_peak_bytes": peak}
 
 
-def max_fit(model, measured: list[dict], args, flops, ceiling) -> list[dict]:
-    """Predict the largest seed count from two measured peaks (memory is linear in seeds), then try it."""
-    stats = jax.devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    if len(measured) < 2 or not limit:
+def compile_step(model, seeds: int, precision: str, remat: bool = False):
+    """One search step of one image at this seed count, compiled for the default device (not run)."""
+    spec = ls._make_spec(model, pj.PulseConfig(), LR_SIZE, precision, remat)
+    state = jax.eval_shape(lambda: ls._init(spec, ls.seed_keys(jax.random.key(0), 1, seeds), None, None))
+    lr = jax.ShapeDtypeStruct((1, LR_SIZE, LR_SIZE, 3), jnp.float32)
+    return ls._run_one_step.lower(spec, state, lr, None, model.synthesis_params, model.gaussian_fit).compile()
+
+
+def compiled_step_memory(model, seeds: int, precision: str, remat: bool = False):
+    """XLA's memory analysis of one compiled search step."""
+    return compile_step(model, seeds, precision, remat).memory_analysis()
+
+
+def step_bytes_accessed(model, precision: str, remat: bool) -> tuple[float, float]:
+    """(bytes per step that do not grow with seeds, bytes per seed) that one step reads and writes, by XLA's
+    cost analysis of the program compiled for this device at 1 and 2 seeds: every fusion's operands and
+    results, so an estimate of memory traffic that ignores what caches keep."""
+    def accessed(seeds):
+        cost = compile_step(model, seeds, precision, remat).cost_analysis()
+        return float((cost[0] if isinstance(cost, list) else cost)["bytes accessed"])
+
+    one, two = accessed(1), accessed(2)
+    return one - (two - one), two - one
+
+
+def measure_bandwidth() -> float:
+    """Bytes per second that an elementwise pass over a large array reads and writes: the memory ceiling of
+    a GPU. Not one of a CPU (2-core machine: 8 GB/s, and steps at 256 px "beat" it from cache)."""
+    n = 2**28 if jax.default_backend() != "cpu" else 2**25  # float32: 1 GiB on a GPU, 128 MiB on a CPU
+    x = jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda v: v * 2.0 + 1.0)
+    f(x).block_until_ready()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * 4 * n / statistics.median(times)
+
+
+def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False) -> int:
+    """Device memory one search step needs: arguments, outputs and temporaries, less what is aliased."""
+    m = compiled_step_memory(model, seeds, precision, remat)
+    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+
+
+def max_fit(model, args, flops, ceiling) -> list[dict]:
+    """Predict the largest seed count that fits the device's memory limit from the compiled step's memory
+    at two small seed counts (it is linear in seeds), then run that many, and 3/4 of it if it does not fit.
+    The allocator's peaks of earlier runs do not do: on a GPU they are mostly the convolution autotuner's
+    workspace (H100, TF32: 26.5 GiB at 32 seeds, 28.9 at 64, 57.5 at 128)."""
+    limit = args.memory_limit_gb * 2**30 if args.memory_limit_gb else \
+        (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    if not limit:
+        print("max-fit: the device reports no memory limit; give --memory-limit-gb", flush=True)
         return []
-    a, b = measured[-2], measured[-1]
-    per_seed = (b["ours_peak_bytes"] - a["ours_peak_bytes"]) / (b["seeds"] - a["seeds"])
-    base = b["ours_peak_bytes"] - per_seed * b["seeds"]
-    predicted = int((0.95 * limit - base) / per_seed) // 8 * 8
+    small = (4, 8)
+    need = [compiled_step_bytes(model, s, args.precision, args.remat) for s in small]
+    per_seed = (need[1] - need[0]) / (small[1] - small[0])
+    base = need[1] - per_seed * small[1]
+    # 10% margin: allocator fragmentation, and the autotuner's buffers for the largest convolutions
+    predicted = int((0.9 * limit - base) / per_seed) // 8 * 8
     rows = []
     for s in (predicted, predicted * 3 // 4 // 8 * 8):
         row = {"resolution": model.config.resolution, "seeds": s, "max_fit_try": True,
-               "predicted_max": predicted, "bytes_per_seed": per_seed, "bytes_limit": limit,
-               "flops_per_seed_step": flops}
+               "predicted_max": predicted, "compiled_bytes_per_seed": per_seed, "compiled_bytes_base": base,
+               "bytes_limit": limit, "flops_per_seed_step": flops}
         row.update(measure_ours(model, s, args, flops, ceiling))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -253,10 +305,12 @@ def main():
                    help="form of the fused upsampling (pulse_jax.layers.TRANSPOSED_CONV_IMPLS)")
     p.add_argument("--max-fit", action="store_true",
                    help="after the table: predict the most seeds that fit at the largest resolution from "
-                        "the measured peaks, then run that many (and 3/4 of it if it does not fit)")
-    p.add_argument("--max-fit-from", type=Path, metavar="JSON",
-                   help="like --max-fit, predicting from the peaks of ours in an earlier run's JSON "
-                        "(so that the long max-fit run can have its own time limit)")
+                        "the compiled step's memory, then run that many (and 3/4 of it if it does not fit)")
+    p.add_argument("--memory-limit-gb", type=float,
+                   help="the memory limit for --max-fit in GiB (default: the device's own; a CPU has none)")
+    p.add_argument("--memory-roofline", action="store_true",
+                   help="also estimate the bytes each step moves (XLA's cost analysis, two extra compiles per "
+                        "resolution) and report them against a measured memory bandwidth")
     p.add_argument("--out", type=Path, help="JSON results, rewritten after every row (a run stopped by a "
                                              "time limit keeps what it measured)")
     p.add_argument("--compile-only", type=int, nargs=2, metavar=("R", "S"))
@@ -279,6 +333,8 @@ def main():
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "torch": torch.__version__,
             "precision": args.precision, "torch_tf32": args.torch_tf32, "ceiling_flops": ceiling,
             "lr_size": LR_SIZE, "transposed_conv": args.transposed_conv, "remat": args.remat}
+    if args.memory_roofline:
+        meta["bandwidth_bytes_per_s"] = measure_bandwidth()
     rows = []
 
     def save():
@@ -288,6 +344,7 @@ def main():
     for r in args.resolutions:
         model, sd, fit = build(r)
         flops = search_step_flops(model.config)
+        traffic = step_bytes_accessed(model, args.precision, args.remat) if args.memory_roofline else None
         ours_seeds = args.seeds if args.ours_seeds is None else args.ours_seeds
         for s in sorted(set(args.seeds) | set(args.torch_seeds or []) | set(ours_seeds)):
             row = {"resolution": r, "seeds": s, "flops_per_seed_step": flops}
@@ -299,13 +356,15 @@ def main():
                 continue
             if "ours_step_s" in row and "torch_step_s" in row:
                 row["speedup"] = row["torch_step_s"] / row["ours_step_s"]
+            if traffic and "ours_step_s" in row:
+                row["ours_bytes_per_step"] = traffic[0] + traffic[1] * s
+                row["ours_bandwidth_fraction"] = (row["ours_bytes_per_step"] / row["ours_step_s"]
+                                                  / meta["bandwidth_bytes_per_s"])
             rows.append(row)
             print(json.dumps(row), flush=True)
             save()
-        if (args.max_fit or args.max_fit_from) and r == max(args.resolutions):
-            known = json.loads(args.max_fit_from.read_text())["rows"] if args.max_fit_from else rows
-            rows += max_fit(model, [x for x in known if x["resolution"] == r and x.get("ours_peak_bytes")
-                                    and not x.get("max_fit_try")], args, flops, ceiling)
+        if args.max_fit and r == max(args.resolutions):
+            rows += max_fit(model, args, flops, ceiling)
             save()
     if args.compile_cache:
         cache = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"pulse_jax_cc_{os.getpid()}")

@@ -3,9 +3,9 @@
 # orbax, torch). Writes JSON and markdown to $OUT (or ./gpu_out) and prints the tables. Each section has
 # its own time limit so one overrun does not lose the rest.
 #   bash benchmarks/gpu.sh          the whole table (about 8 minutes)
-#   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (9 minutes at most), TF32
-#                                   (how PULSE runs on a GPU): torch's best batch with the card to itself,
-#                                   ours at 32/64 seeds, bfloat16 and remat speed, the most seeds that fit
+#   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (9 minutes at most): the
+#                                   memory roofline, the most seeds that fit (predicted from the compiled
+#                                   step's memory), strict float32 on both sides on this card
 set -u
 MODE=${1:-table}
 cd "$(dirname "$0")/.."
@@ -46,14 +46,14 @@ run() {  # run SECONDS NAME ARGS...: one bench invocation with its own limit
 
 if [ "$MODE" = missing ]; then
   # In order of importance, each with its own limit, so that a long one cannot cost those before it.
-  # torch alone in its process (no jax runs), so that its largest TF32 batches get the whole card
-  run 90 gpu_1024_tf32_torch_alone --resolutions 1024 --seeds 32 48 64 --ours-seeds --reps 3 --chunk 3 --torch-tf32
-  run 150 gpu_1024_tf32_ours --resolutions 1024 --seeds 32 64 --torch-seeds --reps 3 --chunk 3 --precision default
-  run 70 gpu_1024_bf16 --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision bfloat16
-  # compiling (with XLA's autotuning) grew ~0.9 s per seed on the H200: a ~200-seed try needs minutes
-  run 200 gpu_1024_tf32_max_fit --resolutions 1024 --seeds 32 --ours-seeds --torch-seeds --reps 2 --chunk 2 \
-    --precision default --max-fit-from "$OUT/gpu_1024_tf32_ours.json"
-  run 60 gpu_1024_tf32_remat --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision default --remat
+  # TF32 (how PULSE runs on a GPU): how much of the memory ceiling the step uses (bfloat16 ran no faster
+  # than TF32 on the H100, so arithmetic is not what bounds it)
+  run 130 gpu_1024_tf32_roofline --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision default \
+    --memory-roofline
+  run 200 gpu_1024_tf32_max_fit --resolutions 1024 --ours-seeds --torch-seeds --reps 2 --chunk 2 \
+    --precision default --max-fit
+  # strict float32 on both sides in one process (ours ~21 GB and torch ~43 GB at 32 seeds on the H200)
+  run 120 gpu_1024_fp32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3
 else
   run 250 gpu_1024_fp32 --resolutions 1024 --seeds 1 8 32 64 --reps 3 --chunk 3 --max-fit
   run 80 gpu_1024_tf32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3 --precision default --torch-tf32
