@@ -142,13 +142,21 @@ def outputs_exist(entry: dict) -> bool:
     return all(p and Path(p).is_file() for p in paths)
 
 
-def default_batch_size(seeds: int, devices: int) -> int:
-    """Inputs per search: one when the seeds split evenly over the devices, else one per device.
+# Examples (inputs x seeds) searched together per device by default. On a GPU throughput grows with them
+# up to about 32 at 1024 px (H200 float32: 90 seed-steps/s at 1, 130 at 8, 149 at 32, 154 at 64; H100
+# TF32: flat from 32 to 128; benchmarks/RESULTS.md); on a CPU it falls (1024 px: 1.06 seed-steps/s at 1
+# seed, 0.61 at 16), so a CPU searches one input at a time.
+EXAMPLES_PER_DEVICE = {"cpu": 1, "gpu": 32, "tpu": 32}
 
-    Either way each device holds the seeds of one input, as on a single device, so nothing is
-    more likely to run out of memory; without it all but one device would sit idle.
-    """
-    return 1 if seeds % devices == 0 else devices
+
+def default_batch_size(seeds: int, devices: int, backend: str = "cpu") -> int:
+    """Inputs per search: enough to give each device about EXAMPLES_PER_DEVICE examples, at least one
+    input when the seeds split evenly over the devices, else at least one input per device (so that no
+    device sits idle and each holds whole inputs, as on a single device)."""
+    per_device = EXAMPLES_PER_DEVICE.get(backend, EXAMPLES_PER_DEVICE["gpu"])
+    if seeds % devices == 0:
+        return max(1, per_device * devices // seeds)
+    return devices * max(1, per_device // seeds)
 
 
 def batches(items: Sequence, batch_size: int, seeds: int, devices: int) -> list[list]:
@@ -175,35 +183,60 @@ def seed_step_progress(bar: Progress, then: Callable | None = None) -> Callable:
     return on_chunk
 
 
+@dataclasses.dataclass
+class MemoryLimit:
+    """The fewest examples (images x seeds) seen not to fit the device in this run. Later batches that
+    large are split before they are tried: each failed try costs a compile and an allocation."""
+
+    too_big: int | None = None
+
+    def fits(self, examples: int) -> bool:
+        return self.too_big is None or examples < self.too_big
+
+    def failed(self, examples: int) -> None:
+        self.too_big = examples if self.too_big is None else min(self.too_big, examples)
+
+
 def search_fitting(model, lr, config, seeds, keys, *, on_chunk, precision, log, seed_offset=0,
-                   masks=None) -> SearchResult:
+                   masks=None, limit: MemoryLimit | None = None) -> SearchResult:
     """search(), and when the device runs out of memory, the same work in halves (images, then seeds).
 
-    Seeds keep their keys when split (seed_offset), so the results are those of one big run.
+    Seeds keep their keys when split (seed_offset), so the results are those of one big run. ``limit``
+    carries what did not fit from one call to the next.
     """
-    try:
-        return search(model, lr, config, seeds=seeds, key=keys, on_chunk=on_chunk, precision=precision,
-                      seed_offset=seed_offset, masks=masks)
-    except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; everything else re-raised
-        if not is_out_of_memory(e):
-            raise
+    limit = limit if limit is not None else MemoryLimit()
     n = lr.shape[0]
+    tried = limit.fits(n * seeds)  # else split at once, silently: the first failure was said
+    if tried:
+        try:
+            return search(model, lr, config, seeds=seeds, key=keys, on_chunk=on_chunk, precision=precision,
+                          seed_offset=seed_offset, masks=masks)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; everything else re-raised
+            if not is_out_of_memory(e):
+                raise
+        limit.failed(n * seeds)
+    later = "; later batches are split up front"
     if n > 1:
-        log(f"out of device memory with {n} images x {seeds} seeds; retrying in halves of images")
+        if tried:
+            log(f"out of device memory with {n} images x {seeds} seeds; retrying in halves of images{later}")
         h = n // 2
         parts = [search_fitting(model, lr[a:b], config, seeds, keys[a:b], on_chunk=on_chunk, precision=precision,
-                                log=log, seed_offset=seed_offset, masks=None if masks is None else masks[a:b])
+                                log=log, seed_offset=seed_offset, masks=None if masks is None else masks[a:b],
+                                limit=limit)
                  for a, b in ((0, h), (h, n))]
         return concat_results(parts, "images")
     if seeds > 1:
-        log(f"out of device memory with 1 image x {seeds} seeds; retrying in halves of seeds")
+        if tried:
+            log(f"out of device memory with 1 image x {seeds} seeds; retrying in halves of seeds{later}")
         h = seeds // 2
         parts = [search_fitting(model, lr, config, b - a, keys, on_chunk=on_chunk, precision=precision, log=log,
-                                seed_offset=seed_offset + a, masks=masks) for a, b in ((0, h), (h, seeds))]
+                                seed_offset=seed_offset + a, masks=masks, limit=limit)
+                 for a, b in ((0, h), (h, seeds))]
         return concat_results(parts, "seeds")
     raise PulseJaxError(
         f"out of device memory searching one image with one seed at {model.config.resolution}px: the largest "
-        "batch that fits is none; free the device, or try --precision default on a GPU") from None
+        "batch that fits is none; free the device (another process may hold its memory) or use one with more "
+        "memory") from None
 
 
 def seed_entries(result: SearchResult, n: int) -> list[dict]:
@@ -329,7 +362,8 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     for item in todo:
         groups.setdefault((item.image.shape[0], item.gray), []).append(item)
     devices = len(jax.local_devices())
-    batch_size = batch_size or default_batch_size(seeds, devices)
+    batch_size = batch_size or default_batch_size(seeds, devices, jax.default_backend())
+    limit = MemoryLimit()
     if devices > 1 and seeds % devices and batch_size % devices:
         log(f"note: {devices} devices, but neither --seeds ({seeds}) nor --batch-size ({batch_size}) is a multiple "
             f"of {devices}: a batch that does not split evenly runs on one device")
@@ -352,7 +386,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
             for batch in batches(group, batch_size, seeds, devices):
                 check_stop()
                 entries = _run_batch(model, batch, out_dir, group_config, seeds, seed, all_seeds,
-                                     save_intermediate, precision, options.mask, bar, check_stop, log)
+                                     save_intermediate, precision, options.mask, bar, check_stop, log, limit)
                 report["inputs"] += [dict(e, run_key=key) for e in entries]
                 save_report()
     except _Stopped:
@@ -372,7 +406,7 @@ def finish_job(out_dir: Path, processes: ProcessGroup, log: Callable[[str], None
 
 
 def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_intermediate, precision, mask, bar,
-               check_stop, log):
+               check_stop, log, limit):
     lr = np.stack([item.image for item in batch])
     keys = jax.numpy.stack([image_key(seed, item.name) for item in batch])
     masks = None if mask is None else np.broadcast_to(mask, lr.shape[:3])
@@ -385,7 +419,7 @@ def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_inter
 
     on_chunk = seed_step_progress(bar, after_chunk)
     result = search_fitting(model, lr, config, seeds, keys, on_chunk=on_chunk, precision=precision, log=log,
-                            masks=masks)
+                            masks=masks, limit=limit)
     entries = []
     for n, item in enumerate(batch):
         stem = item.name

@@ -88,6 +88,29 @@ def test_out_of_memory_with_nothing_left_to_split_is_a_message(tiny, tmp_path, m
         run(tiny, mixed_folder(tmp_path)[:1], tmp_path / "o")
 
 
+def test_what_did_not_fit_is_not_tried_again(tiny, tmp_path, monkeypatch):
+    """After one batch ran out of memory, later batches are split before they are tried: each failed try
+    costs a compile and an allocation. The split is said once."""
+    calls, said = [], []
+
+    def two_examples_fit(model, lr, config, *, seeds, seed_offset=0, **kw):
+        calls.append((lr.shape[0], seeds))
+        if lr.shape[0] * seeds > 2:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB")
+        return real_search(model, lr, config, seeds=seeds, seed_offset=seed_offset, **kw)
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(d / f"face{i}.png")
+    monkeypatch.setattr(upsample_module, "search", two_examples_fit)
+    report = upsample_files(tiny, sorted(d.iterdir()), tmp_path / "out", pj.PulseConfig(steps=2), seeds=2,
+                            batch_size=2, show_progress=False, log=said.append)
+    assert calls == [(2, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
+    assert len(report["inputs"]) == 4 and not report["failed"]
+    assert sum("out of device memory" in m for m in said) == 1
+
+
 def test_same_stem_twice_is_refused(tiny, tmp_path):
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
@@ -100,6 +123,12 @@ def test_default_batch_keeps_every_device_busy():
     assert upsample_module.default_batch_size(seeds=8, devices=8) == 1   # the seeds split
     assert upsample_module.default_batch_size(seeds=4, devices=8) == 8   # the images split
     assert upsample_module.default_batch_size(seeds=3, devices=1) == 1
+    # On accelerators, about 32 examples (inputs x seeds) per device, where throughput stops growing.
+    assert upsample_module.default_batch_size(seeds=1, devices=1, backend="gpu") == 32
+    assert upsample_module.default_batch_size(seeds=4, devices=1, backend="gpu") == 8
+    assert upsample_module.default_batch_size(seeds=64, devices=1, backend="gpu") == 1
+    assert upsample_module.default_batch_size(seeds=8, devices=8, backend="gpu") == 32  # 32 x 1 seed each
+    assert upsample_module.default_batch_size(seeds=3, devices=2, backend="tpu") == 20  # 10 x 3 each
     items = list(range(10))
     assert upsample_module.batches(items, 4, seeds=1, devices=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]
     assert upsample_module.batches(items, 4, seeds=4, devices=4)[-1] == [8, 9]  # the seeds split: kept
