@@ -86,6 +86,9 @@ def center_fit(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> 0..255 bytes; bytes stay as they are."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        return image
     return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from pulse_jax import images
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import list_inputs, read_image, save_png
 
@@ -88,3 +89,10 @@ def test_list_inputs(tmp_path):
     empty.mkdir()
     with pytest.raises(PulseJaxError, match="no images found"):
         list_inputs([empty])
+
+
+def test_to_uint8_rounds_floats_and_keeps_bytes():
+    floats = np.array([[[-0.5, 0.0, 0.5]], [[0.999, 1.0, 7.0]]], np.float32)
+    np.testing.assert_array_equal(images.to_uint8(floats)[..., 2].ravel(), [128, 255])
+    as_bytes = images.to_uint8(floats)
+    assert images.to_uint8(as_bytes) is as_bytes  # not read as 0..255 floats and clipped to 0/1

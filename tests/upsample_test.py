@@ -111,6 +111,18 @@ def test_what_did_not_fit_is_not_tried_again(tiny, tmp_path, monkeypatch):
     assert sum("out of device memory" in m for m in said) == 1
 
 
+def test_save_intermediate_writes_the_search_of_each_input(tiny, tmp_path):
+    """One GIF per input from a batch of two, a frame per chunk of steps (steps=4: chunks of 1)."""
+    inputs = mixed_folder(tmp_path)[:2]
+    report = run(tiny, inputs, tmp_path / "out", config=pj.PulseConfig(steps=4), seeds=2, batch_size=2,
+                 save_intermediate=True)
+    gifs = [Image.open(e["outputs"]["search_gif"]) for e in report["inputs"]]
+    assert [g.n_frames for g in gifs] == [4, 4]
+    assert all(g.size == (tiny.config.resolution,) * 2 for g in gifs)
+    first = [np.asarray(g.convert("RGB"), np.int32) for g in gifs]
+    assert np.abs(first[0] - first[1]).max() > 0  # each input's own search, not one GIF twice
+
+
 def test_same_stem_twice_is_refused(tiny, tmp_path):
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
