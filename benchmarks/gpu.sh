@@ -50,10 +50,10 @@ if [ "$MODE" = missing ]; then
   # than TF32 on the H100, so arithmetic is not what bounds it)
   run 130 gpu_1024_tf32_roofline --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision default \
     --memory-roofline
-  run 200 gpu_1024_tf32_max_fit --resolutions 1024 --ours-seeds --torch-seeds --reps 2 --chunk 2 \
+  run 250 gpu_1024_tf32_max_fit --resolutions 1024 --ours-seeds --torch-seeds --reps 2 --chunk 2 \
     --precision default --max-fit
   # strict float32 on both sides in one process (ours ~21 GB and torch ~43 GB at 32 seeds on the H200)
-  run 120 gpu_1024_fp32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3
+  run 110 gpu_1024_fp32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3
 else
   run 250 gpu_1024_fp32 --resolutions 1024 --seeds 1 8 32 64 --reps 3 --chunk 3 --max-fit
   run 80 gpu_1024_tf32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3 --precision default --torch-tf32
