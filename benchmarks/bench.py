@@ -106,13 +106,18 @@ def measure_ceiling(precision: str) -> float:
         f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     else:
         f = jax.jit(lambda x: jnp.dot(x, x, precision=precision))
-    f(a).block_until_ready()
+    return 2 * n**3 / median_seconds(f, a)
+
+
+def median_seconds(f, x, reps: int = 5) -> float:
+    """Median wall time of f(x) after one warm-up (compile) call."""
+    f(x).block_until_ready()
     times = []
-    for _ in range(5):
+    for _ in range(reps):
         t0 = time.perf_counter()
-        f(a).block_until_ready()
+        f(x).block_until_ready()
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
+    return statistics.median(times)
 
 
 def peak_memory():
@@ -222,9 +227,10 @@ def compile_step(model, seeds: int, precision: str, remat: bool = False):
     return ls._run_one_step.lower(spec, state, lr, None, model.synthesis_params, model.gaussian_fit).compile()
 
 
-def compiled_step_memory(model, seeds: int, precision: str, remat: bool = False):
-    """XLA's memory analysis of one compiled search step."""
-    return compile_step(model, seeds, precision, remat).memory_analysis()
+def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False) -> int:
+    """Device memory one search step needs: arguments, outputs and temporaries, less what is aliased."""
+    m = compile_step(model, seeds, precision, remat).memory_analysis()
+    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
 
 
 def step_bytes_accessed(model, precision: str, remat: bool) -> tuple[float, float]:
@@ -243,21 +249,7 @@ def measure_bandwidth() -> float:
     """Bytes per second that an elementwise pass over a large array reads and writes: the memory ceiling of
     a GPU. Not one of a CPU (2-core machine: 8 GB/s, and steps at 256 px "beat" it from cache)."""
     n = 2**28 if jax.default_backend() != "cpu" else 2**25  # float32: 1 GiB on a GPU, 128 MiB on a CPU
-    x = jnp.ones((n,), jnp.float32)
-    f = jax.jit(lambda v: v * 2.0 + 1.0)
-    f(x).block_until_ready()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        f(x).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * 4 * n / statistics.median(times)
-
-
-def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False) -> int:
-    """Device memory one search step needs: arguments, outputs and temporaries, less what is aliased."""
-    m = compiled_step_memory(model, seeds, precision, remat)
-    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    return 2 * 4 * n / median_seconds(jax.jit(lambda v: v * 2.0 + 1.0), jnp.ones((n,), jnp.float32))
 
 
 def max_fit(model, args, flops, ceiling) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from bench import build, compiled_step_memory  # noqa: E402
+from bench import build, compile_step  # noqa: E402
 
 
 def main():
@@ -22,7 +22,7 @@ def main():
     args = p.parse_args()
     model, _, _ = build(args.resolution)
     for remat in (False, True):
-        m = compiled_step_memory(model, args.seeds, "highest", remat)
+        m = compile_step(model, args.seeds, "highest", remat).memory_analysis()
         print(f"remat={remat} resolution={args.resolution} seeds={args.seeds} "
               f"temp_GB={m.temp_size_in_bytes / 1e9:.3f} args_GB={m.argument_size_in_bytes / 1e9:.3f}", flush=True)
 

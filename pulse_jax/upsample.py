@@ -415,7 +415,7 @@ def _run_batch(model, batch, out_dir, config, seeds, seed, all_seeds, save_inter
     def after_chunk(state):
         check_stop()
         if save_intermediate:
-            # as bytes: a frame of 32 inputs x 1 seed at 1024 px is 100 MB so, 400 MB as float32
+            # kept as bytes: a frame of 32 inputs x 1 seed at 1024 px is 100 MB, 400 MB as float32
             frames.append(to_uint8(current_images(model, config, lr.shape[1], state, precision)))
 
     on_chunk = seed_step_progress(bar, after_chunk)
