@@ -109,7 +109,7 @@ class _Spec:
 def _make_spec(model: Model, config: PulseConfig, lr_size: int, precision: str, remat: bool = False) -> _Spec:
     n = model.num_layers
     return _Spec(
-        graphdef=model.synthesis_graphdef, noise_shapes=tuple(model.config.noise_shapes()),
+        graphdef=model.search_synthesis[0], noise_shapes=tuple(model.config.noise_shapes()),
         trainable=config.trainable_layers(n), zero=config.zero_layers(n),
         latent_rows=1 if config.tile_latent else n, dlatent=model.config.dlatent_size,
         terms=config.loss_terms(), eps=float(config.eps), factor=model.config.resolution // lr_size,
@@ -361,7 +361,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
         latent = jnp.asarray(init.latent, jnp.float32)
         noise = [jnp.asarray(x, jnp.float32) for x in init.noise]
     placement = _placement(lr_images.shape[0], seeds, shard, devices)
-    gen_params = model.synthesis_params
+    gen_params = model.search_synthesis[1]
     if placement is not None:
         placement.check_same_everywhere((lr_images, masks, jax.random.key_data(keys), latent, noise))
         keys, latent, noise = placement.examples((keys, latent, noise))
@@ -495,7 +495,7 @@ def current_images(model: Model, config: PulseConfig, lr_size: int, state: Searc
                    precision: str = "highest") -> np.ndarray:
     """The images of a running search's current values (for --save-intermediate)."""
     spec = _make_spec(model, config, lr_size, precision)
-    return np.asarray(_images(spec, state.params, state.fixed_noise, model.synthesis_params, model.gaussian_fit))
+    return np.asarray(_images(spec, state.params, state.fixed_noise, model.search_synthesis[1], model.gaussian_fit))
 
 
 def concat_results(parts: Sequence[SearchResult], axis: str) -> SearchResult:

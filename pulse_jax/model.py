@@ -100,6 +100,13 @@ class Model:
             mg, mp = nnx.split(Mapping(config.dlatent_size, rngs=nnx.Rngs(seed + 1)))
         return cls(config, sg, sp, mg, mp, None)
 
+    @functools.cached_property
+    def search_synthesis(self) -> tuple[nnx.GraphDef, nnx.State]:
+        """The synthesis network as a search runs it, every kernel prepared once (layers.Prepared)."""
+        module = nnx.merge(self.synthesis_graphdef, self.synthesis_params)
+        module.prepare_for_search()
+        return nnx.split(module)
+
     @property
     def num_layers(self) -> int:
         return self.config.num_layers

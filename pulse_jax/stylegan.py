@@ -15,15 +15,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pulse_jax import layers
 from pulse_jax.layers import (
     Conv,
     Dense,
     Epilogue,
+    Prepared,
+    adjoint_kernel,
     blur,
     conv_transpose_2x,
     fused_upsample_kernel,
     leaky_relu,
     per_channel,
+    phase_conv,
+    phase_kernel,
     upsample_nearest_2x,
 )
 
@@ -97,6 +102,10 @@ class InputBlock(nnx.Module):
         self.conv = Conv(channels, channels, 3, gain=math.sqrt(2), rngs=rngs)
         self.epi2 = Epilogue(channels, dlatent_size, rngs=rngs)
 
+    def prepare_for_search(self) -> None:
+        for layer in (self.epi1, self.conv, self.epi2):
+            layer.prepare_for_search()
+
     def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str) -> jax.Array:
         batch = w.shape[0]
         x = jnp.broadcast_to(self.const[...] + per_channel(self.bias[...], 3), (batch, *self.const.shape))
@@ -114,9 +123,24 @@ class UpBlock(nnx.Module):
         self.epi1 = Epilogue(c_out, dlatent_size, rngs=rngs)
         self.conv1 = Conv(c_out, c_out, 3, gain=math.sqrt(2), rngs=rngs)
         self.epi2 = Epilogue(c_out, dlatent_size, rngs=rngs)
+        self.phases = nnx.data(None)  # set by prepare_for_search (fused blocks)
+        self.phases_adjoint = nnx.data(None)
+
+    def prepare_for_search(self) -> None:
+        if self.fused and layers.TRANSPOSED_CONV_IMPL == "phases":
+            # The transposed convolution's phase kernel and its adjoint replace conv0_up's kernel.
+            phases = phase_kernel(fused_upsample_kernel(self.conv0_up.scaled_kernel()))
+            self.phases, self.phases_adjoint = Prepared(phases), Prepared(adjoint_kernel(phases))
+            del self.conv0_up.kernel
+        else:
+            self.conv0_up.prepare_for_search()
+        for layer in (self.epi1, self.conv1, self.epi2):
+            layer.prepare_for_search()
 
     def __call__(self, x, w, noise, precision: str) -> jax.Array:
-        if self.fused:
+        if self.phases is not None:
+            x = phase_conv(x, self.phases[...], precision, self.phases_adjoint[...])
+        elif self.fused:
             k4 = fused_upsample_kernel(self.conv0_up.scaled_kernel())
             x = conv_transpose_2x(x, k4, precision)
         else:
@@ -144,6 +168,12 @@ class Synthesis(nnx.Module):
                 blocks[block_name(res)] = UpBlock(c_in, c_out, d, fused=fused, rngs=rngs)
         self.blocks = nnx.Dict(blocks)
         self.torgb = Conv(config.block_channels(config.resolution), 3, 1, gain=1.0, rngs=rngs)
+
+    def prepare_for_search(self) -> None:
+        """In place: every kernel in the form a search step uses (layers.Prepared); same function."""
+        for block in self.blocks.values():
+            block.prepare_for_search()
+        self.torgb.prepare_for_search()
 
     def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest",
                  remat: bool = False) -> jax.Array:

@@ -98,6 +98,35 @@ def test_generator_gradients_match_reference(small_checkpoints):
         assert err.max() < MAX_REL_TOL and err.mean() < MEAN_REL_TOL, (i, err.max(), err.mean())
 
 
+def test_prepared_for_search_is_the_same_function(small_checkpoints):
+    """The search runs the generator with its kernels prepared once (scaled, phase form, adjoints for the
+    backward pass): the same images and the same gradients w.r.t. w and the noise maps as the checkpoint's
+    form, for both upsampling paths, and no checkpoint kernel is left to redo that work at every step."""
+    sd = small_checkpoints["synthesis"]
+    config, params = pulse_format.synthesis_params({k: v.numpy() for k, v in sd.items()})
+    model = pj.Model.from_arrays(config, params)
+    graphdef, prepared = model.search_synthesis
+    kinds = {type(v).__name__ for path, v in nnx.to_flat_state(prepared) if path[-1] == "kernel"}
+    assert kinds == {"Prepared"}, kinds
+    w, noise = random_inputs(config, 2, seed=9)
+    w, noise = jnp.asarray(w.numpy()), [jnp.asarray(n[:, 0].numpy()) for n in noise]
+    cotangent = jax.random.normal(jax.random.key(3), (2, config.resolution, config.resolution, 3))
+
+    def image_and_grads(graphdef, state):
+        def weighted(w_, noise_):
+            image = nnx.merge(graphdef, state)(w_, noise_, "highest")
+            return jnp.sum(image * cotangent), image
+        return jax.jit(jax.grad(weighted, argnums=(0, 1), has_aux=True))(w, noise)
+
+    (gw, gn), image = image_and_grads(model.synthesis_graphdef, model.synthesis_params)
+    (pw, pn), prepared_image = image_and_grads(graphdef, prepared)
+    # The same products in another order at most (a kernel scaled before or inside the program):
+    # float32 rounding, 1e-6 of the std; a wrong adjoint or phase kernel is off by the whole std.
+    for got, want in zip([prepared_image, pw, *pn], [image, gw, *gn], strict=True):
+        err = np.abs(np.asarray(got) - np.asarray(want)) / np.asarray(want).std()
+        assert err.max() < 1e-5, err.max()
+
+
 def test_transposed_conv_forms_agree_with_torch():
     """Both forms of the fused upsampling equal torch's conv_transpose2d(stride 2, padding 1)."""
     from pulse_jax.layers import TRANSPOSED_CONV_IMPLS
