@@ -35,9 +35,29 @@ from reference import stylegan_torch as ref  # noqa: E402
 import pulse_jax as pj  # noqa: E402
 from pulse_jax import latent_search as ls  # noqa: E402
 from pulse_jax import pulse_format  # noqa: E402
+from pulse_jax.host_memory import TUNABLES, huge_pages_env_here, relaunch_with  # noqa: E402
 
 PRESET_OF = {256: "small_256", 1024: "ffhq_1024", 128: "tiny_128"}
 LR_SIZE = 32
+
+# glibc tunables per --malloc choice. "kept": one arena, no mmap, no trimming: freed buffers are reused
+# with no page faults at all, but the heap fragments (up to 2x the resident memory of the others,
+# measured at 1024 px, 4 seeds), so the CLI does not use it; a user of either program could.
+MALLOC_SETTINGS = {
+    "huge-pages": "glibc.malloc.hugetlb=1",
+    "default": "",
+    "kept": "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184",
+}
+
+
+def malloc_env(choice: str) -> dict | None:
+    """The environment to relaunch in for this --malloc choice; None when this process already runs in it."""
+    if os.environ.get(TUNABLES, "") == MALLOC_SETTINGS[choice]:
+        return None
+    if choice == "huge-pages" and huge_pages_env_here({}) is None:
+        raise SystemExit("--malloc huge-pages: this machine cannot have them (needs glibc >= 2.35 and huge pages)")
+    env = {k: v for k, v in os.environ.items() if k != TUNABLES}
+    return {**env, TUNABLES: MALLOC_SETTINGS[choice]} if MALLOC_SETTINGS[choice] else env
 
 
 def build(resolution: int):
@@ -224,7 +244,7 @@ def compile_step(model, seeds: int, precision: str, remat: bool = False):
     spec = ls._make_spec(model, pj.PulseConfig(), LR_SIZE, precision, remat)
     state = jax.eval_shape(lambda: ls._init(spec, ls.seed_keys(jax.random.key(0), 1, seeds), None, None))
     lr = jax.ShapeDtypeStruct((1, LR_SIZE, LR_SIZE, 3), jnp.float32)
-    return ls._run_one_step.lower(spec, state, lr, None, model.synthesis_params, model.gaussian_fit).compile()
+    return ls._run_one_step.lower(spec, state, lr, None, model.search_synthesis[1], model.gaussian_fit).compile()
 
 
 def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False) -> int:
@@ -305,9 +325,13 @@ def main():
                         "resolution) and report them against a measured memory bandwidth")
     p.add_argument("--out", type=Path, help="JSON results, rewritten after every row (a run stopped by a "
                                              "time limit keeps what it measured)")
+    p.add_argument("--malloc", choices=list(MALLOC_SETTINGS), default="huge-pages",
+                   help="glibc's malloc settings for both sides: huge pages for its large buffers (what the CLI "
+                        "sets, pulse_jax/host_memory.py), its defaults, or freed memory kept in the process")
     p.add_argument("--compile-only", type=int, nargs=2, metavar=("R", "S"))
     p.add_argument("--cache", default="")
     args = p.parse_args()
+    relaunch_with(malloc_env(args.malloc))
     if args.compile_only:
         print(compile_only(*args.compile_only, args.precision, args.cache))
         return
@@ -324,7 +348,8 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "torch": torch.__version__,
             "precision": args.precision, "torch_tf32": args.torch_tf32, "ceiling_flops": ceiling,
-            "lr_size": LR_SIZE, "transposed_conv": args.transposed_conv, "remat": args.remat}
+            "lr_size": LR_SIZE, "transposed_conv": args.transposed_conv, "remat": args.remat,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     if args.memory_roofline:
         meta["bandwidth_bytes_per_s"] = measure_bandwidth()
     rows = []

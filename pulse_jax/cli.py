@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pulse_jax.config import PulseConfig, parse_layers
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.host_memory import relaunch_with_huge_pages
 
 _HELP = {
     "loss_str": "loss as a sum of WEIGHT*NAME terms (L2, L1, GEOCROSS)",
@@ -276,6 +277,8 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] in (["upsample"], ["demo"]):
+        relaunch_with_huge_pages()  # 20-25% faster CPU search steps at 1024 px (host_memory.py)
     argv = sys.argv[1:] if argv is None else argv
     enable_compilation_cache()
     if argv and argv[0] == "convert":
