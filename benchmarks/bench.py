@@ -51,11 +51,14 @@ MALLOC_SETTINGS = {
 
 
 def malloc_env(choice: str) -> dict | None:
-    """The environment to relaunch in for this --malloc choice; None when this process already runs in it."""
+    """The environment to relaunch in for this --malloc choice; None when this process already runs in it,
+    or for huge pages where the machine has none (the JSON's glibc_tunables says what ran)."""
     if os.environ.get(TUNABLES, "") == MALLOC_SETTINGS[choice]:
         return None
     if choice == "huge-pages" and huge_pages_env_here({}) is None:
-        raise SystemExit("--malloc huge-pages: this machine cannot have them (needs glibc >= 2.35 and huge pages)")
+        print("--malloc huge-pages: this machine has none (needs glibc >= 2.35 and huge pages on); "
+              "running with its malloc as it is", flush=True)
+        return None
     env = {k: v for k, v in os.environ.items() if k != TUNABLES}
     return {**env, TUNABLES: MALLOC_SETTINGS[choice]} if MALLOC_SETTINGS[choice] else env
 

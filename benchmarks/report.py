@@ -17,7 +17,7 @@ def table(path: str) -> str:
     lines = [f"### {path.split('/')[-1]}: {m['device']}, jax {m['jax']}, torch {m['torch']}, "
              f"precision {m['precision']}, torch TF32 {'on' if m['torch_tf32'] else 'off'}, "
              f"fused upsampling as {m.get('transposed_conv', 'phases')}{', remat' if m.get('remat') else ''}, "
-             f"{m['date']}",
+             f"{m['date']}" + (f", GLIBC_TUNABLES={m['glibc_tunables'] or '(none)'}" if "glibc_tunables" in m else ""),
              "",
              f"Ceiling (jax matmul, same precision): {m['ceiling_flops'] / 1e12:.2f} TFLOP/s. "
              + " ".join(f"Compile cold/warm (cache) at {k.split('_')[-1]}: {v[0]:.1f} s / {v[1]:.1f} s."
