@@ -60,11 +60,14 @@ def huge_pages_env_here(environ: Mapping[str, str]) -> dict[str, str] | None:
 def relaunch_with(env: Mapping[str, str] | None) -> None:
     """Replace this process by the same command line (interpreter options included) in ``env``; with
     None, return and carry on."""
-    if env is None:
+    if env is None or not sys.executable or not sys.orig_argv:  # an embedded interpreter: run as it is
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:  # the interpreter cannot be run again from here: go on without
+        return
 
 
 def relaunch_with_huge_pages() -> None:
