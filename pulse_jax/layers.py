@@ -105,37 +105,38 @@ class Conv(nnx.Module):
         self.w_mul = 1.0
 
 
-def _conv(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
-    pad = kernel.shape[0] // 2
+def _conv(x: jax.Array, kernel: jax.Array, precision: str, padding: int | None = None) -> jax.Array:
+    """Stride-1 convolution, NHWC x HWIO, zero padding ``padding`` (default: 'same' for odd kernels)."""
+    pad = kernel.shape[0] // 2 if padding is None else padding
     (x, k), kw = matmul_operands(precision, x, kernel)
     return lax.conv_general_dilated(x, k, (1, 1), ((pad, pad), (pad, pad)),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
 
 
 def adjoint_kernel(kernel: jax.Array) -> jax.Array:
-    """The HWIO kernel whose 'same' convolution is the transpose of ``kernel``'s: flipped in space,
-    input and output channels swapped."""
+    """The HWIO kernel whose convolution is the transpose of ``kernel``'s: flipped in space, input and
+    output channels swapped (for a 'same' convolution, and for the phase convolution below)."""
     return jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _conv_given_adjoint(x, kernel, adjoint, precision):
-    return _conv(x, kernel, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 5))
+def _linear_given_adjoint(apply, apply_adjoint, x, kernel, adjoint, precision):
+    return apply(x, kernel, precision)
 
 
-def _conv_given_adjoint_fwd(x, kernel, adjoint, precision):
-    return _conv(x, kernel, precision), (x, kernel, adjoint)
+def _linear_given_adjoint_fwd(apply, apply_adjoint, x, kernel, adjoint, precision):
+    return apply(x, kernel, precision), (x, kernel, adjoint)
 
 
-def _conv_given_adjoint_bwd(precision, residuals, g):
+def _linear_given_adjoint_bwd(apply, apply_adjoint, precision, residuals, g):
     x, kernel, adjoint = residuals
     # The kernel's gradient as autodiff has it; a search never asks for it, and XLA drops it then.
-    kernel_grad = jax.vjp(lambda k: _conv(x, k, precision), kernel)[1](g)[0]
+    kernel_grad = jax.vjp(lambda k: apply(x, k, precision), kernel)[1](g)[0]
     # The output does not depend on ``adjoint``: it only stands in for ``kernel`` in the line below.
-    return _conv(g, adjoint, precision), kernel_grad, jnp.zeros_like(adjoint)
+    return apply_adjoint(g, adjoint, precision), kernel_grad, jnp.zeros_like(adjoint)
 
 
-_conv_given_adjoint.defvjp(_conv_given_adjoint_fwd, _conv_given_adjoint_bwd)
+_linear_given_adjoint.defvjp(_linear_given_adjoint_fwd, _linear_given_adjoint_bwd)
 
 
 def conv_same(x: jax.Array, kernel: jax.Array, precision: str, adjoint: jax.Array | None = None) -> jax.Array:
@@ -143,7 +144,7 @@ def conv_same(x: jax.Array, kernel: jax.Array, precision: str, adjoint: jax.Arra
     Prepared), the backward pass convolves with it, instead of transposing ``kernel`` at every step."""
     if adjoint is None:
         return _conv(x, kernel, precision)
-    return _conv_given_adjoint(x, kernel, adjoint, precision)
+    return _linear_given_adjoint(_conv, _conv, x, kernel, adjoint, precision)
 
 
 def upsample_nearest_2x(x: jax.Array) -> jax.Array:
@@ -174,42 +175,56 @@ def conv_transpose_2x_dilated(x: jax.Array, k4: jax.Array, precision: str) -> ja
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
 
 
-# Output pixel 2m + p of the transposed convolution reads padded-input taps t = 0, 1, 2 at
-# m + t through kernel rows: phase 0 uses k4 rows (3, 1, -), phase 1 uses (-, 2, 0).
-_PHASE_TAPS = {0: (3, 1, None), 1: (None, 2, 0)}
+# Output pixel 2m + p of the transposed convolution is input pixels m - 1 + p and m + p through
+# kernel rows _PHASE_ROWS[p]: even outputs take rows 3 and 1, odd outputs rows 2 and 0.
+_PHASE_ROWS = ((3, 1), (2, 0))
 
 
 def phase_kernel(k4: jax.Array) -> jax.Array:
-    """(4, 4, I, O) transposed-conv kernel -> (3, 3, I, 4*O) stride-1 kernel, output phases (py, px, o)."""
-    zeros = jnp.zeros_like(k4[0, 0])
-
-    def tap(py, px, ty, tx):
-        a, b = _PHASE_TAPS[py][ty], _PHASE_TAPS[px][tx]
-        return zeros if a is None or b is None else k4[a, b]
-
+    """(4, 4, I, O) transposed-conv kernel -> (2, 2, I, 4*O) phase kernel, output channels (py, px, o)."""
     return jnp.stack([
-        jnp.stack([jnp.concatenate([tap(py, px, ty, tx) for py in (0, 1) for px in (0, 1)], axis=-1)
-                   for tx in range(3)])
-        for ty in range(3)
+        jnp.stack([jnp.concatenate([k4[_PHASE_ROWS[py][ty], _PHASE_ROWS[px][tx]] for py in (0, 1) for px in (0, 1)],
+                                   axis=-1)
+                   for tx in (0, 1)])
+        for ty in (0, 1)
     ])
 
 
-def conv_transpose_2x_phases(x: jax.Array, k4: jax.Array, precision: str) -> jax.Array:
-    """The same function as a stride-1 3x3 convolution to 4*O channels, then depth-to-space.
+def _phase_conv(x: jax.Array, phases: jax.Array, precision: str) -> jax.Array:
+    # One 2x2 convolution of the input, zero-padded by 1, gives every phase on an (H+1, W+1) grid:
+    # phase (py, px) of output pixel (m, n) sits at (m + py, n + px).
+    b, h, w, _ = x.shape
+    o = phases.shape[-1] // 4
+    z = _conv(x, phases, precision, padding=1).reshape(b, h + 1, w + 1, 2, 2, o)
+    rows = [jnp.stack([z[:, py:py + h, px:px + w, py, px] for px in (0, 1)], axis=3) for py in (0, 1)]
+    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)
 
-    Every output phase (even/odd row, even/odd column) is a 2x2 convolution of the
-    input; stacking the four as channels gives one ordinary convolution, which
-    every backend runs at full speed.
-    """
+
+def _phase_conv_transpose(g: jax.Array, adjoint: jax.Array, precision: str) -> jax.Array:
+    # The forward pass backwards: each phase of g back to its place on the (H+1, W+1) grid, then a 2x2
+    # convolution with the adjoint kernel. An unpadded one would do, but XLA:CPU sends an unpadded 2x2
+    # convolution to YNNPACK, ~2x slower here than Eigen, which gets the padded one: pad by 1 and
+    # drop the first and last rows and columns of the result.
+    b, h2, w2, o = g.shape
+    h, w = h2 // 2, w2 // 2
+    g = g.reshape(b, h, 2, w, 2, o)
+    grid = jnp.stack([jnp.stack([jnp.pad(g[:, :, py, :, px], ((0, 0), (py, 1 - py), (px, 1 - px), (0, 0)))
+                                 for px in (0, 1)], axis=3) for py in (0, 1)], axis=3)
+    return _conv(grid.reshape(b, h + 1, w + 1, 4 * o), adjoint, precision, padding=1)[:, 1:h + 1, 1:w + 1]
+
+
+def conv_transpose_2x_phases(x: jax.Array, k4: jax.Array, precision: str) -> jax.Array:
+    """The same function as one 2x2 convolution to 4*O channels (one per output phase), then
+    depth-to-space: every product is with a kernel tap, none with an inserted zero."""
     return phase_conv(x, phase_kernel(k4), precision)
 
 
 def phase_conv(x: jax.Array, phases: jax.Array, precision: str, adjoint: jax.Array | None = None) -> jax.Array:
-    """x (B, H, W, I) and a phase kernel (3, 3, I, 4*O) -> (B, 2H, 2W, O)."""
-    b, h, w, _ = x.shape
-    o = phases.shape[-1] // 4
-    y = conv_same(x, phases, precision, adjoint)
-    return y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, o)
+    """x (B, H, W, I) and a phase kernel (2, 2, I, 4*O) -> (B, 2H, 2W, O). Given
+    ``adjoint_kernel(phases)``, the backward pass convolves with it (see conv_same)."""
+    if adjoint is None:
+        return _phase_conv(x, phases, precision)
+    return _linear_given_adjoint(_phase_conv, _phase_conv_transpose, x, phases, adjoint, precision)
 
 
 TRANSPOSED_CONV_IMPLS = {"phases": conv_transpose_2x_phases, "dilated": conv_transpose_2x_dilated}
