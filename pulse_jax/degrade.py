@@ -57,8 +57,10 @@ def bicubic_downsample(images: jax.Array, factor: int) -> jax.Array:
 def separable(images: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
     """Apply (h', h) along the height and (w', w) along the width of (B, h, w, C): two float32 matmuls."""
     hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("ih,bhwc->biwc", jnp.asarray(rows), images, precision=hi)
-    return jnp.einsum("jw,biwc->bijc", jnp.asarray(cols), x, precision=hi)
+    # Width first: the order in which XLA:CPU lays out both products and their transposes without
+    # transposing the full-size image (11 vs 30 ms for the loss and its gradient at 1024 px).
+    x = jnp.einsum("jw,bhwc->bhjc", jnp.asarray(cols), images, precision=hi)
+    return jnp.einsum("ih,bhjc->bijc", jnp.asarray(rows), x, precision=hi)
 
 
 def box_downsample(images: jax.Array, factor: int) -> jax.Array:
