@@ -175,19 +175,32 @@ def conv_transpose_2x_dilated(x: jax.Array, k4: jax.Array, precision: str) -> ja
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
 
 
-# Output pixel 2m + p of the transposed convolution is input pixels m - 1 + p and m + p through
-# kernel rows _PHASE_ROWS[p]: even outputs take rows 3 and 1, odd outputs rows 2 and 0.
-_PHASE_ROWS = ((3, 1), (2, 0))
+# A 2x upsampling followed by a convolution, written as one 2x2 convolution per output phase: output
+# pixel 2m + p is input pixels m - 1 + p (tap 0) and m + p (tap 1), each through the sum of the kernel
+# rows listed for that phase and tap. The transposed convolution's even outputs take rows 3 and 1 of
+# its 4x4 kernel, odd ones rows 2 and 0; nearest-neighbour upsampling then a 3x3 convolution reads
+# input m - 1 through row 0 and input m through rows 1 and 2 for an even output, and so on.
+TRANSPOSED_CONV_TAPS = (((3,), (1,)), ((2,), (0,)))
+NEAREST_UPSAMPLE_CONV_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 
 
-def phase_kernel(k4: jax.Array) -> jax.Array:
-    """(4, 4, I, O) transposed-conv kernel -> (2, 2, I, 4*O) phase kernel, output channels (py, px, o)."""
+def phase_kernel(kernel: jax.Array, taps=TRANSPOSED_CONV_TAPS) -> jax.Array:
+    """(K, K, I, O) kernel -> (2, 2, I, 4*O) phase kernel, output channels (py, px, o); by default from
+    the (4, 4, I, O) kernel of the transposed convolution."""
+    def tap(py, px, ty, tx):
+        return sum(kernel[a, b] for a in taps[py][ty] for b in taps[px][tx])
+
     return jnp.stack([
-        jnp.stack([jnp.concatenate([k4[_PHASE_ROWS[py][ty], _PHASE_ROWS[px][tx]] for py in (0, 1) for px in (0, 1)],
-                                   axis=-1)
+        jnp.stack([jnp.concatenate([tap(py, px, ty, tx) for py in (0, 1) for px in (0, 1)], axis=-1)
                    for tx in (0, 1)])
         for ty in (0, 1)
     ])
+
+
+def upsample_conv_phase_kernel(k3: jax.Array) -> jax.Array:
+    """(3, 3, I, O) -> the phase kernel of ``conv_same(upsample_nearest_2x(x), k3)``: 4 products per
+    output pixel and input channel instead of 9."""
+    return phase_kernel(k3, NEAREST_UPSAMPLE_CONV_TAPS)
 
 
 def _phase_conv(x: jax.Array, phases: jax.Array, precision: str) -> jax.Array:

@@ -29,6 +29,7 @@ from pulse_jax.layers import (
     per_channel,
     phase_conv,
     phase_kernel,
+    upsample_conv_phase_kernel,
     upsample_nearest_2x,
 )
 
@@ -127,13 +128,19 @@ class UpBlock(nnx.Module):
         self.phases_adjoint = nnx.data(None)
 
     def prepare_for_search(self) -> None:
-        if self.fused and layers.TRANSPOSED_CONV_IMPL == "phases":
-            # The transposed convolution's phase kernel and its adjoint replace conv0_up's kernel.
-            phases = phase_kernel(fused_upsample_kernel(self.conv0_up.scaled_kernel()))
+        # The upsampling convolution as one 2x2 phase convolution of the small input (layers.phase_conv):
+        # its phase kernel and that kernel's adjoint replace conv0_up's kernel.
+        kernel = self.conv0_up.scaled_kernel()
+        if not self.fused:
+            phases = upsample_conv_phase_kernel(kernel)
+        elif layers.TRANSPOSED_CONV_IMPL == "phases":
+            phases = phase_kernel(fused_upsample_kernel(kernel))
+        else:  # the dilated form, kept to compare the two on a device
+            phases = None
+            self.conv0_up.prepare_for_search()
+        if phases is not None:
             self.phases, self.phases_adjoint = Prepared(phases), Prepared(adjoint_kernel(phases))
             del self.conv0_up.kernel
-        else:
-            self.conv0_up.prepare_for_search()
         for layer in (self.epi1, self.conv1, self.epi2):
             layer.prepare_for_search()
 

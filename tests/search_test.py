@@ -27,16 +27,18 @@ def random_init(model, n, s, rows, seed=0):
     return pj.SearchInit(latent, noise)
 
 
-def run_both(model, sd, fit, config, lr, init):
-    """Our search and the torch loop from the same start; histories (steps, N*S) each."""
+def run_both(model, sd, fit, config, lr, init, torch_dtype=torch.float32):
+    """Our search and the torch loop (in ``torch_dtype``) from the same start; histories (steps, N*S) each."""
     n, s = init.latent.shape[:2]
     result = pj.search(model, lr, config, seeds=s, init=init)
     zero = set(config.zero_layers(model.num_layers))
-    noise = [torch.from_numpy(np.where(i in zero, 0.0, x).reshape(n * s, 1, *x.shape[2:]).astype(np.float32))
+    noise = [torch.from_numpy(np.where(i in zero, 0.0, x).reshape(n * s, 1, *x.shape[2:])).to(torch_dtype)
              for i, x in enumerate(init.noise)]
-    ref_lr = torch.from_numpy(np.repeat(lr, s, axis=0)).permute(0, 3, 1, 2).contiguous()
+    ref_lr = torch.from_numpy(np.repeat(lr, s, axis=0)).permute(0, 3, 1, 2).contiguous().to(torch_dtype)
+    sd = {k: v.to(torch_dtype) for k, v in sd.items()}
+    fit = tuple(t.to(torch_dtype) for t in fit)
     loss, l2, latent, _ = pulse_torch.run(
-        sd, fit, ref_lr, torch.from_numpy(init.latent.reshape(n * s, *init.latent.shape[2:])), noise,
+        sd, fit, ref_lr, torch.from_numpy(init.latent.reshape(n * s, *init.latent.shape[2:])).to(torch_dtype), noise,
         loss_str=config.loss_str, eps=config.eps, trainable_layers=config.trainable_layers(model.num_layers),
         opt_name=config.opt_name, learning_rate=config.learning_rate, steps=config.steps,
         lr_schedule=config.lr_schedule)
@@ -111,7 +113,12 @@ def test_variants_follow_reference(small, kwargs):
 
 
 def test_1024_search_follows_reference(tmp_path):
-    """The real layout: 18 layers, bad layer 17, 32x32 input (factor 32)."""
+    """The real layout: 18 layers, bad layer 17, 32x32 input (factor 32), against the torch loop in
+    float64, the exact answer. Step 0 is one forward pass: float32 rounding only (measured 8e-8). The
+    first update is chaotic (see test_short_run_follows_reference): with these random weights the float32
+    gradients carry up to 1e-2 of their std of rounding, in either implementation. Measured after one
+    update: ours 2e-6 from float64, the torch loop in float32 2.2e-4 from its own float64 run. So 1e-3:
+    room for any float32 implementation's rounding; a layer out of place misses by tenths."""
     from reference import stylegan_torch as ref
 
     from convert.pulse import convert
@@ -123,8 +130,10 @@ def test_1024_search_follows_reference(tmp_path):
     fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
     lr = np.random.default_rng(8).random((1, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=2)
-    result, loss, _, _ = run_both(model, sd, (fit["mean"], fit["std"]), config, lr, random_init(model, 1, 1, 18, 9))
-    assert rel(result.loss_history[:, 0, 0], loss[:, 0]).max() < 1e-4
+    result, loss, _, _ = run_both(model, sd, (fit["mean"], fit["std"]), config, lr, random_init(model, 1, 1, 18, 9),
+                                  torch_dtype=torch.float64)
+    error = rel(result.loss_history[:, 0, 0], loss[:, 0])
+    assert error[0] < 1e-6 and error[1] < 1e-3, error
     assert result.images.shape == (1, 1, 1024, 1024, 3)
     assert np.all(result.noise[17] == 0)
 
@@ -175,13 +184,18 @@ def test_seeds_and_images_do_not_couple(tiny):
 
 
 def test_step_loop_on_device_equals_host_loop(tiny):
-    """The in-program fori_loop (GPU/TPU default) and the per-step calls (CPU default) agree."""
+    """The in-program fori_loop (GPU/TPU default) and the per-step calls (CPU default) agree. The two
+    are compiled apart and XLA fuses a loop body differently, so they round differently: losses agree to
+    rounding (measured 2e-6), but the generator's float32 gradients carry up to 1e-2 of their std of
+    rounding with these random weights, and after three updates the images differ by up to 2e-3
+    (measured 1.7e-3). A 25% error in the learning rate moves the images by up to 1.0 and the losses by
+    9%, so 1e-2 still tells a wrong step from rounding."""
     lr = np.random.default_rng(9).random((1, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=3)
     a = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(3), step_loop="device", chunk_steps=2)
     b = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(3), step_loop="host", chunk_steps=2)
     np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-5)
-    np.testing.assert_allclose(a.images, b.images, atol=1e-4)
+    np.testing.assert_allclose(a.images, b.images, atol=1e-2)
 
 
 def test_diverged_seed_is_stopped_and_others_go_on(tiny):
