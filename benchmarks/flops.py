@@ -2,14 +2,17 @@
 
 Convolutions and style linears dominate; a step is the forward pass plus the
 backward pass for the data gradients only (the generator's weights are fixed,
-so no weight gradients): about twice the forward FLOPs. The fused upsampling
-is counted as the transposed convolution it is (each input pixel times a
-4x4 kernel), not as the zero-dilated convolution XLA may run.
+so no weight gradients): about twice the forward FLOPs. Both upsampling
+convolutions are counted as we run them, one 2x2 phase convolution of the small
+input per output phase (pulse_jax.layers.phase_conv): 4 products per output
+pixel and input channel. The reference runs the non-fused blocks' convolution
+on the upsampled image, 9 products per output pixel (2.25x these layers'
+count), and may run the fused one as a zero-dilated convolution.
 """
 
 from __future__ import annotations
 
-from pulse_jax.stylegan import FUSED_UPSAMPLE_FROM, StyleGANConfig
+from pulse_jax.stylegan import StyleGANConfig
 
 
 def synthesis_forward_flops(c: StyleGANConfig) -> int:
@@ -22,10 +25,7 @@ def synthesis_forward_flops(c: StyleGANConfig) -> int:
             total += 2 * res * res * ch * ch * 9
             continue
         c_in = c.block_channels(res // 2)
-        if res >= FUSED_UPSAMPLE_FROM:
-            total += 2 * (res // 2) ** 2 * c_in * ch * 16
-        else:
-            total += 2 * res * res * c_in * ch * 9
+        total += 2 * res * res * c_in * ch * 4  # upsampling convolution, fused or not
         total += 2 * res * res * ch * ch * 9
     total += 2 * c.resolution**2 * c.block_channels(c.resolution) * 3
     return total
