@@ -272,3 +272,40 @@ def test_remat_changes_nothing_but_memory(tiny):
     remat = pj.search(tiny, lr, config, seeds=4, key=jax.random.key(2), remat=True)
     np.testing.assert_allclose(remat.loss_history[0], plain.loss_history[0], rtol=1e-6)
     np.testing.assert_allclose(remat.loss_history, plain.loss_history, rtol=1e-5)
+
+
+def test_seed_groups_cover_every_seed_once_in_near_equal_groups():
+    from pulse_jax.latent_search import CPU_PIXELS_PER_CALL, seed_groups
+
+    assert seed_groups(4, 1, 1024) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert seed_groups(16, 1, 256) == [(0, 16)]
+    assert seed_groups(5, 3, 1024) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    for seeds, images, resolution in [(7, 1, 512), (33, 2, 256), (1, 1, 1024), (100, 1, 128)]:
+        groups = seed_groups(seeds, images, resolution)
+        assert [g[0] for g in groups[1:]] == [g[1] for g in groups[:-1]]
+        assert groups[0][0] == 0 and groups[-1][1] == seeds
+        sizes = {hi - lo for lo, hi in groups}
+        assert max(sizes) - min(sizes) <= 1
+        assert max(sizes) * images * resolution**2 <= max(CPU_PIXELS_PER_CALL, images * resolution**2)
+
+
+def test_seeds_run_in_groups_equal_seeds_run_together(tiny, monkeypatch):
+    """The CPU host loop's seed groups (one compiled call per group) against one call for all seeds: the
+    same search. A batch of 1 and a batch of 3 are compiled apart and round differently, so this is
+    compared like two implementations (assert_follows: measured 2e-5 after two updates) and the images
+    as in test_step_loop_on_device_equals_host_loop."""
+    from pulse_jax import latent_search
+
+    lr = np.random.default_rng(9).random((2, 16, 16, 3), dtype=np.float32)
+    config = pj.PulseConfig(steps=3)
+    seen = []
+    together = pj.search(tiny, lr, config, seeds=3, key=jax.random.key(3), step_loop="host")
+    monkeypatch.setattr(latent_search, "CPU_PIXELS_PER_CALL", 2 * 128 * 128)  # one seed of 2 images
+    grouped = pj.search(tiny, lr, config, seeds=3, key=jax.random.key(3), step_loop="host", chunk_steps=2,
+                        on_chunk=lambda done, state: seen.append((done, state.loss_history.shape)))
+    assert seen == [(2, (2, 3, 3)), (3, (2, 3, 3))]  # progress sees every seed
+    for field in ("loss_history", "l2_history"):
+        assert_follows(getattr(grouped, field).reshape(3, 6), getattr(together, field).reshape(3, 6))
+    np.testing.assert_allclose(grouped.min_l2, together.min_l2, rtol=3e-3)
+    np.testing.assert_allclose(grouped.images, together.images, atol=1e-2)
+    np.testing.assert_array_equal(grouped.best_step, together.best_step)
