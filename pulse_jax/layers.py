@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from pulse_jax import winograd as winograd_conv
+
 LEAKY_SLOPE = 0.2
 INSTANCE_NORM_EPS = 1e-5
 
@@ -89,20 +91,36 @@ class Conv(nnx.Module):
         self.bias = _normal(rngs, (c_out,), 0.1)
         self.w_mul = gain / math.sqrt(c_in * k * k)
         self.adjoint = nnx.data(None)  # set by prepare_for_search
+        self.winograd = False
 
     def scaled_kernel(self) -> jax.Array:
         return self.kernel[...] * self.w_mul
 
     def __call__(self, x: jax.Array, precision: str, *, add_bias: bool = True) -> jax.Array:
-        adjoint = None if self.adjoint is None else self.adjoint[...]
-        y = conv_same(x, self.scaled_kernel(), precision, adjoint)
+        if self.winograd:
+            y = _linear_given_adjoint(_winograd_conv, _winograd_conv, x, self.kernel[...], self.adjoint[...],
+                                      precision)
+        else:
+            adjoint = None if self.adjoint is None else self.adjoint[...]
+            y = conv_same(x, self.scaled_kernel(), precision, adjoint)
         return y + per_channel(self.bias[...], y.ndim) if add_bias else y
 
-    def prepare_for_search(self) -> None:
+    def prepare_for_search(self, winograd: bool = False) -> None:
+        """``winograd``: run this 3x3 convolution by Winograd's F(2x2, 3x3) (pulse_jax.winograd); the
+        kernel and its adjoint are kept in its transformed form."""
         kernel = self.scaled_kernel()
-        self.kernel = Prepared(kernel)
-        self.adjoint = Prepared(adjoint_kernel(kernel))
+        adjoint = adjoint_kernel(kernel)
+        if winograd:
+            kernel, adjoint = winograd_conv.transform_kernel(kernel), winograd_conv.transform_kernel(adjoint)
+        self.kernel, self.adjoint = Prepared(kernel), Prepared(adjoint)
         self.w_mul = 1.0
+        self.winograd = winograd
+
+
+def _winograd_conv(x: jax.Array, transformed: jax.Array, precision: str) -> jax.Array:
+    # The transforms stay float32; only the matmuls take the precision's operands.
+    (transformed,), kw = matmul_operands(precision, transformed)
+    return winograd_conv.conv3x3(x, transformed, kw)
 
 
 def _conv(x: jax.Array, kernel: jax.Array, precision: str, padding: int | None = None) -> jax.Array:

@@ -89,6 +89,14 @@ PRESETS = {
 }
 
 
+def use_winograd(res: int, channels: int) -> bool:
+    """Where Winograd's F(2x2, 3x3) beat XLA:CPU's own 3x3 convolution, one layer at a time (forward, ms,
+    2-core x86-64): 512 channels at 8 / 16 / 32 px 0.7 / 2.4 / 6.1 against 1.4 / 3.8 / 11.6; at 64 px
+    and 256 channels 8.1-8.9 against 9.9-10.8, at 128 px and 128 channels slower (11.1-17.0 vs 10.2-11.1).
+    Not measured on a GPU, where it is off."""
+    return res <= 32 and channels >= 256
+
+
 def block_name(res: int) -> str:
     return f"{res}x{res}"
 
@@ -103,8 +111,9 @@ class InputBlock(nnx.Module):
         self.conv = Conv(channels, channels, 3, gain=math.sqrt(2), rngs=rngs)
         self.epi2 = Epilogue(channels, dlatent_size, rngs=rngs)
 
-    def prepare_for_search(self) -> None:
-        for layer in (self.epi1, self.conv, self.epi2):
+    def prepare_for_search(self, winograd: bool = False) -> None:
+        self.conv.prepare_for_search(winograd)
+        for layer in (self.epi1, self.epi2):
             layer.prepare_for_search()
 
     def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str) -> jax.Array:
@@ -127,7 +136,7 @@ class UpBlock(nnx.Module):
         self.phases = nnx.data(None)  # set by prepare_for_search (fused blocks)
         self.phases_adjoint = nnx.data(None)
 
-    def prepare_for_search(self) -> None:
+    def prepare_for_search(self, winograd: bool = False) -> None:
         # The upsampling convolution as one 2x2 phase convolution of the small input (layers.phase_conv):
         # its phase kernel and that kernel's adjoint replace conv0_up's kernel.
         kernel = self.conv0_up.scaled_kernel()
@@ -141,7 +150,8 @@ class UpBlock(nnx.Module):
         if phases is not None:
             self.phases, self.phases_adjoint = Prepared(phases), Prepared(adjoint_kernel(phases))
             del self.conv0_up.kernel
-        for layer in (self.epi1, self.conv1, self.epi2):
+        self.conv1.prepare_for_search(winograd)
+        for layer in (self.epi1, self.epi2):
             layer.prepare_for_search()
 
     def __call__(self, x, w, noise, precision: str) -> jax.Array:
@@ -176,10 +186,15 @@ class Synthesis(nnx.Module):
         self.blocks = nnx.Dict(blocks)
         self.torgb = Conv(config.block_channels(config.resolution), 3, 1, gain=1.0, rngs=rngs)
 
-    def prepare_for_search(self) -> None:
-        """In place: every kernel in the form a search step uses (layers.Prepared); same function."""
-        for block in self.blocks.values():
-            block.prepare_for_search()
+    def prepare_for_search(self, winograd: bool | None = None) -> None:
+        """In place: every kernel in the form a search step uses (layers.Prepared); same function.
+        ``winograd``: the 3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3) (default:
+        on a CPU, where it pays; see use_winograd)."""
+        if winograd is None:
+            winograd = jax.default_backend() == "cpu"
+        for res in self.config.block_resolutions():
+            channels = self.config.block_channels(res)
+            self.blocks[block_name(res)].prepare_for_search(winograd and use_winograd(res, channels))
         self.torgb.prepare_for_search()
 
     def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest",
