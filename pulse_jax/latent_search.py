@@ -403,7 +403,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, *, seeds:
     chunk = chunk_steps or max(1, -(-config.steps // 10))
     groups = [(0, seeds)]
     if step_loop == "host" and placement is None and jax.default_backend() == "cpu":
-        groups = seed_groups(seeds, lr_images.shape[0], spec.noise_shapes[-1][0])
+        groups = seed_groups(seeds, lr_images.shape[0], model.config.resolution)
     parts = _split_seeds(state, groups)
     done, compile_seconds = 0, 0.0
     while done < config.steps:
