@@ -242,17 +242,21 @@ def measure_torch(sd, fit, s, args, device) -> dict:
     return {"torch_step_s": th["step_s"], "torch_seed_steps_per_s": s / th["step_s"], "torch_peak_bytes": peak}
 
 
-def compile_step(model, seeds: int, precision: str, remat: bool = False):
-    """One search step of one image at this seed count, compiled for the default device (not run)."""
+def compile_step(model, seeds: int, precision: str, remat: bool = False, step_loop: str = "host"):
+    """The search's step program for one image at this seed count, compiled for the default device (not
+    run): one step per call ("host"), or a chunk of steps in a fori_loop ("device", what a GPU runs)."""
     spec = ls._make_spec(model, pj.PulseConfig(), LR_SIZE, precision, remat)
     state = jax.eval_shape(lambda: ls._init(spec, ls.seed_keys(jax.random.key(0), 1, seeds), None, None))
     lr = jax.ShapeDtypeStruct((1, LR_SIZE, LR_SIZE, 3), jnp.float32)
-    return ls._run_one_step.lower(spec, state, lr, None, model.search_synthesis[1], model.gaussian_fit).compile()
+    gen, fit = model.search_synthesis[1], model.gaussian_fit
+    if step_loop == "device":
+        return ls._run_steps.lower(spec, state, jnp.int32(2), lr, None, gen, fit).compile()
+    return ls._run_one_step.lower(spec, state, lr, None, gen, fit).compile()
 
 
-def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False) -> int:
-    """Device memory one search step needs: arguments, outputs and temporaries, less what is aliased."""
-    m = compile_step(model, seeds, precision, remat).memory_analysis()
+def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False, step_loop: str = "host") -> int:
+    """Device memory the step program needs: arguments, outputs and temporaries, less what is aliased."""
+    m = compile_step(model, seeds, precision, remat, step_loop).memory_analysis()
     return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
 
 
@@ -275,33 +279,76 @@ def measure_bandwidth() -> float:
     return 2 * 4 * n / median_seconds(jax.jit(lambda v: v * 2.0 + 1.0), jnp.ones((n,), jnp.float32))
 
 
-def max_fit(model, args, flops, ceiling) -> list[dict]:
-    """Predict the largest seed count that fits the device's memory limit from the compiled step's memory
-    at two small seed counts (it is linear in seeds), then run that many, and 3/4 of it if it does not fit.
-    The allocator's peaks of earlier runs do not do: on a GPU they are mostly the convolution autotuner's
-    workspace (H100, TF32: 26.5 GiB at 32 seeds, 28.9 at 64, 57.5 at 128)."""
+def max_fit(model, args, flops, fitted: list[int]) -> list[dict]:
+    """The most seeds that fit the device's memory limit, found by running them. A first guess from the
+    memory analysis of the program the search runs on this backend (linear in seeds: two small compiles,
+    10% margin), then up from there while it fits, or halfway back towards the largest seed count known
+    to fit while it does not, at most --max-fit-tries runs. Each run is a fresh process: in one process
+    the allocator's pool, grown and fragmented by the runs before, fails sizes that fit a fresh one.
+    Allocator peaks of earlier runs make no guess: on a GPU they are mostly the convolution autotuner's
+    workspace (H100, TF32: 26.5 GiB at 32 seeds, 28.9 at 64, 57.5 at 128); and the one-step program's
+    memory analysis was no better (H100, TF32: 0.45 GB per seed predicted 120 seeds; 120 did not fit)."""
     limit = args.memory_limit_gb * 2**30 if args.memory_limit_gb else \
         (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     if not limit:
         print("max-fit: the device reports no memory limit; give --memory-limit-gb", flush=True)
         return []
+    deadline = time.monotonic() + args.max_fit_seconds
     small = (4, 8)
-    need = [compiled_step_bytes(model, s, args.precision, args.remat) for s in small]
+    loop = ls.default_step_loop()
+    need = step_bytes_in_fresh_process(model.config.resolution, small, args)
     per_seed = (need[1] - need[0]) / (small[1] - small[0])
     base = need[1] - per_seed * small[1]
-    # 10% margin: allocator fragmentation, and the autotuner's buffers for the largest convolutions
-    predicted = int((0.9 * limit - base) / per_seed) // 8 * 8
-    rows = []
-    for s in (predicted, predicted * 3 // 4 // 8 * 8):
-        row = {"resolution": model.config.resolution, "seeds": s, "max_fit_try": True,
+    predicted = max(8, int((0.9 * limit - base) / per_seed) // 8 * 8)
+    fits, fails, rows, seeds = max(fitted, default=0), None, [], predicted
+    for _ in range(args.max_fit_tries):
+        left = deadline - time.monotonic()
+        if left < 30:
+            break
+        row = {"resolution": model.config.resolution, "seeds": seeds, "max_fit_try": True,
                "predicted_max": predicted, "compiled_bytes_per_seed": per_seed, "compiled_bytes_base": base,
-               "bytes_limit": limit, "flops_per_seed_step": flops}
-        row.update(measure_ours(model, s, args, flops, ceiling))
+               "step_loop": loop, "bytes_limit": limit, "flops_per_seed_step": flops}
+        row.update(run_ours_alone(model.config.resolution, seeds, args, left))
         rows.append(row)
         print(json.dumps(row), flush=True)
         if "ours_step_s" in row:
+            fits = seeds
+        elif row.get("ours") == "out of memory":
+            fails = seeds
+        else:  # out of time: nothing learnt about this size
+            break
+        seeds = seeds + max(8, seeds // 4) // 8 * 8 if fails is None else (fits + fails) // 2 // 8 * 8
+        if fails is not None and seeds <= fits:
             break
     return rows
+
+
+def step_bytes_in_fresh_process(resolution: int, seeds: tuple, args) -> list[int]:
+    """compiled_step_bytes at these seed counts, compiled in a child process: compiling for a GPU
+    autotunes its convolutions in buffers that this process's allocator would keep from the runs after."""
+    cmd = [sys.executable, __file__, "--step-bytes", str(resolution), *map(str, seeds),
+           "--precision", args.precision, "--malloc", args.malloc] + (["--remat"] if args.remat else [])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"max-fit: compiling the step failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_ours_alone(resolution: int, seeds: int, args, timeout: float) -> dict:
+    """Our search at this size in a fresh process (a short timed run): its row, or {"ours": why not}."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"pulse_jax_fit_{os.getpid()}_{seeds}.json"
+    cmd = [sys.executable, __file__, "--resolutions", str(resolution), "--seeds", str(seeds), "--torch-seeds",
+           "--reps", "1", "--chunk", "2", "--precision", args.precision, "--malloc", args.malloc,
+           "--out", str(out)] + (["--remat"] if args.remat else [])
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ours": f"not finished in {timeout:.0f} s"}
+    if r.returncode != 0 or not out.exists():
+        raise RuntimeError(f"max-fit run at {seeds} seeds failed:\n{r.stderr[-3000:]}")
+    row = json.loads(out.read_text())["rows"][0]
+    out.unlink()
+    return {k: v for k, v in row.items() if k.startswith("ours")}
 
 
 def main():
@@ -319,8 +366,11 @@ def main():
     p.add_argument("--transposed-conv", choices=["phases", "dilated"], default="phases",
                    help="form of the fused upsampling (pulse_jax.layers.TRANSPOSED_CONV_IMPLS)")
     p.add_argument("--max-fit", action="store_true",
-                   help="after the table: predict the most seeds that fit at the largest resolution from "
-                        "the compiled step's memory, then run that many (and 3/4 of it if it does not fit)")
+                   help="after the table: the most seeds that fit at the largest resolution, found by "
+                        "running from a guess (the compiled step's memory), each run a fresh process")
+    p.add_argument("--max-fit-tries", type=int, default=3, help="--max-fit: at most this many runs")
+    p.add_argument("--max-fit-seconds", type=float, default=600, help="--max-fit: start no run after this long "
+                   "(the guess's compiles included), and end each run by then")
     p.add_argument("--memory-limit-gb", type=float,
                    help="the memory limit for --max-fit in GiB (default: the device's own; a CPU has none)")
     p.add_argument("--memory-roofline", action="store_true",
@@ -332,11 +382,18 @@ def main():
                    help="glibc's malloc settings for both sides: huge pages for its large buffers (what the CLI "
                         "sets, pulse_jax/host_memory.py), its defaults, or freed memory kept in the process")
     p.add_argument("--compile-only", type=int, nargs=2, metavar=("R", "S"))
+    p.add_argument("--step-bytes", type=int, nargs="+", metavar="R S",
+                   help="print the compiled step's memory at resolution R for each seed count S (JSON list)")
     p.add_argument("--cache", default="")
     args = p.parse_args()
     relaunch_with(malloc_env(args.malloc))
     if args.compile_only:
         print(compile_only(*args.compile_only, args.precision, args.cache))
+        return
+    if args.step_bytes:
+        model, _, _ = build(args.step_bytes[0])
+        print(json.dumps([compiled_step_bytes(model, s, args.precision, args.remat, ls.default_step_loop())
+                          for s in args.step_bytes[1:]]))
         return
     from pulse_jax import layers
 
@@ -384,7 +441,14 @@ def main():
             print(json.dumps(row), flush=True)
             save()
         if args.max_fit and r == max(args.resolutions):
-            rows += max_fit(model, args, flops, ceiling)
+            if rows and jax.default_backend() != "cpu":
+                # the pool this process's allocator grew for the rows above stays reserved on the device
+                print("max-fit skipped: run it in a bench.py of its own, with no table rows (--ours-seeds and "
+                      "--torch-seeds with no values), so that this process holds no device memory while the "
+                      "fresh processes try each size", flush=True)
+                continue
+            rows += max_fit(model, args, flops, [row["seeds"] for row in rows
+                                                 if row["resolution"] == r and "ours_step_s" in row])
             save()
     if args.compile_cache:
         cache = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"pulse_jax_cc_{os.getpid()}")

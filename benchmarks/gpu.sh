@@ -4,8 +4,10 @@
 # its own time limit so one overrun does not lose the rest.
 #   bash benchmarks/gpu.sh          the whole table (about 8 minutes)
 #   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (9 minutes at most): the
-#                                   memory roofline, the most seeds that fit (predicted from the compiled
-#                                   step's memory), strict float32 on both sides on this card
+#                                   PyTorch loop's float32 speed at 48 seeds alone on the card, then the most
+#                                   seeds that fit at 1024 (TF32), found by running sizes in fresh processes
+#                                   from a guess; then, if time is left and BEFORE names an older checkout
+#                                   (git archive of it), that code's TF32 speed in the same lease
 set -u
 MODE=${1:-table}
 cd "$(dirname "$0")/.."
@@ -17,7 +19,6 @@ mkdir -p "$DEST"
 pack() { tar -czf "$DEST/gpu_raw.tar.gz" -C "$OUT" . ; }
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-B="$PY benchmarks/bench.py"
 
 # Our code needs flax's nnx.Dict (flax >= 0.12); if the machine's flax is older, use a carried wheel.
 if ! $PY -c "from flax import nnx; nnx.Dict" 2>/dev/null && ls .whl/flax-*.whl >/dev/null 2>&1; then
@@ -35,31 +36,37 @@ print('smoke', m.synthesize(jnp.ones((1, 12, 512)), [jnp.zeros((1, *s)) for s in
 # The whole script ends within BUDGET seconds: a section gets what is left if that is less than its
 # limit, and is skipped under 30 s.
 BUDGET=${BUDGET:-540}
-run() {  # run SECONDS NAME ARGS...: one bench invocation with its own limit
+run() {  # run SECONDS NAME ARGS...: one bench invocation with its own limit (BENCH= another bench.py)
   local limit=$1 name=$2 left=$((BUDGET - SECONDS - 10)); shift 2
   if [ "$left" -lt "$limit" ]; then limit=$left; fi
   if [ "$limit" -lt 30 ]; then echo "== $name skipped: the budget is spent"; return; fi
   echo "== $name (limit ${limit}s): $*"
-  timeout "$limit" $B "$@" --out "$OUT/$name.json" 2>&1 | grep -v "^WARNING" | tee "$OUT/$name.log" | cut -c1-220
+  timeout "$limit" $PY "${BENCH:-benchmarks/bench.py}" "$@" --out "$OUT/$name.json" 2>&1 | grep -v "^WARNING" \
+    | tee "$OUT/$name.log" | cut -c1-220
   pack
 }
 
 if [ "$MODE" = missing ]; then
   # In order of importance, each with its own limit, so that a long one cannot cost those before it.
-  # TF32 (how PULSE runs on a GPU): how much of the memory ceiling the step uses (bfloat16 ran no faster
-  # than TF32 on the H100, so arithmetic is not what bounds it)
-  run 130 gpu_1024_tf32_roofline --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision default \
-    --memory-roofline
-  run 250 gpu_1024_tf32_max_fit --resolutions 1024 --ours-seeds --torch-seeds --reps 2 --chunk 2 \
-    --precision default --max-fit
-  # strict float32 on both sides in one process (ours ~21 GB and torch ~43 GB at 32 seeds on the H200)
-  run 110 gpu_1024_fp32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3
+  # The PyTorch loop alone in its process, so that its largest batch has the card to itself (48 seeds
+  # is its best in TF32 on an H100; float32 fits 32 in 46 GB, 48 untried).
+  run 60 gpu_1024_fp32_torch --resolutions 1024 --seeds 48 --ours-seeds --reps 3 --chunk 3
+  # TF32 is how PULSE runs on a GPU. No table rows: this process must hold no device memory while the
+  # fresh processes try each size (~1 s of compile per seed on the H100).
+  run 420 gpu_1024_tf32_max_fit --resolutions 1024 --seeds 32 --ours-seeds --torch-seeds --precision default \
+    --max-fit --max-fit-tries 4 --max-fit-seconds 390
+  if [ -n "${BEFORE:-}" ]; then
+    BENCH=$BEFORE/benchmarks/bench.py run 90 gpu_1024_tf32_ours_before --resolutions 1024 --seeds 32 \
+      --torch-seeds --reps 3 --chunk 3 --precision default
+  fi
 else
-  run 250 gpu_1024_fp32 --resolutions 1024 --seeds 1 8 32 64 --reps 3 --chunk 3 --max-fit
+  run 200 gpu_1024_fp32 --resolutions 1024 --seeds 1 8 32 64 --reps 3 --chunk 3
   run 80 gpu_1024_tf32 --resolutions 1024 --seeds 32 --reps 3 --chunk 3 --precision default --torch-tf32
   run 60 gpu_1024_dilated --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --transposed-conv dilated
   run 60 gpu_256_fp32 --resolutions 256 --seeds 1 8 64 --reps 3 --chunk 3
   run 100 gpu_compile_cache --resolutions 1024 --seeds 1 --torch-seeds --reps 1 --chunk 1 --compile-cache
+  run 120 gpu_1024_max_fit --resolutions 1024 --seeds 32 --ours-seeds --torch-seeds --max-fit --max-fit-tries 2 \
+    --max-fit-seconds 100
 fi
 
 $PY benchmarks/report.py "$OUT"/gpu_*.json > "$OUT/gpu_table.md" 2>"$OUT/report.err"
