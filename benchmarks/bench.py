@@ -423,14 +423,18 @@ def main():
         flops = search_step_flops(model.config)
         traffic = step_bytes_accessed(model, args.precision, args.remat) if args.memory_roofline else None
         ours_seeds = args.seeds if args.ours_seeds is None else args.ours_seeds
-        for s in sorted(set(args.seeds) | set(args.torch_seeds or []) | set(ours_seeds)):
-            row = {"resolution": r, "seeds": s, "flops_per_seed_step": flops}
+        torch_seeds = args.seeds if args.torch_seeds is None else args.torch_seeds
+        table = {s: {"resolution": r, "seeds": s, "flops_per_seed_step": flops}
+                 for s in sorted(set(torch_seeds) | set(ours_seeds))}
+        # The PyTorch loop first, at every seed count: it gives its cached memory back after each run,
+        # where JAX's allocator keeps the pool it grows, which would leave the PyTorch loop short of memory
+        # on a GPU (H100, float32, 32 seeds: out of memory after ours, 43 GiB peak on its own).
+        for s in sorted(torch_seeds):
+            table[s].update(measure_torch(sd, fit, s, args, device))
+            print("torch side:", json.dumps(table[s]), flush=True)
+        for s, row in table.items():
             if s in ours_seeds:
                 row.update(measure_ours(model, s, args, flops, ceiling))
-            if s in (args.torch_seeds if args.torch_seeds is not None else args.seeds):
-                row.update(measure_torch(sd, fit, s, args, device))
-            if len(row) == 3:  # neither side runs at this seed count
-                continue
             if "ours_step_s" in row and "torch_step_s" in row:
                 row["speedup"] = row["torch_step_s"] / row["ours_step_s"]
             if traffic and "ours_step_s" in row:
