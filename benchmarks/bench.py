@@ -387,6 +387,8 @@ def main():
     p.add_argument("--cache", default="")
     args = p.parse_args()
     relaunch_with(malloc_env(args.malloc))
+    if args.max_fit:  # a preallocated pool in this process would leave the fresh processes nothing
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if args.compile_only:
         print(compile_only(*args.compile_only, args.precision, args.cache))
         return
