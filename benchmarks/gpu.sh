@@ -6,9 +6,9 @@
 #   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (9 minutes at most): the
 #                                   PyTorch loop's float32 speed at 48 seeds alone on the card, ours at 32
 #                                   seeds (TF32), then the most seeds that fit at 1024 (TF32), found by
-#                                   running sizes in fresh processes
-#                                   from a guess; then, if time is left and BEFORE names an older checkout
-#                                   (git archive of it), that code's TF32 speed in the same lease
+#                                   running sizes in fresh processes from a guess; then, if time is left
+#                                   and BEFORE names an older checkout (git archive of it), that code's
+#                                   TF32 speed in the same lease
 set -u
 MODE=${1:-table}
 cd "$(dirname "$0")/.."
