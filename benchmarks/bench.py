@@ -245,13 +245,7 @@ def measure_torch(sd, fit, s, args, device) -> dict:
 def compile_step(model, seeds: int, precision: str, remat: bool = False, step_loop: str = "host"):
     """The search's step program for one image at this seed count, compiled for the default device (not
     run): one step per call ("host"), or a chunk of steps in a fori_loop ("device", what a GPU runs)."""
-    spec = ls._make_spec(model, pj.PulseConfig(), LR_SIZE, precision, remat)
-    state = jax.eval_shape(lambda: ls._init(spec, ls.seed_keys(jax.random.key(0), 1, seeds), None, None))
-    lr = jax.ShapeDtypeStruct((1, LR_SIZE, LR_SIZE, 3), jnp.float32)
-    gen, fit = model.search_synthesis[1], model.gaussian_fit
-    if step_loop == "device":
-        return ls._run_steps.lower(spec, state, jnp.int32(2), lr, None, gen, fit).compile()
-    return ls._run_one_step.lower(spec, state, lr, None, gen, fit).compile()
+    return ls.compile_step_program(model, seeds, LR_SIZE, precision=precision, remat=remat, step_loop=step_loop)
 
 
 def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False, step_loop: str = "host") -> int:

@@ -254,6 +254,19 @@ def _run_one_step(spec: _Spec, state: SearchState, lr_images, masks, gen_params,
     return _batched_step(spec)(state, lr_images, masks, gen_params, fit)
 
 
+def compile_step_program(model: Model, seeds: int, lr_size: int, *, precision: str = "highest",
+                         remat: bool = False, step_loop: str = "host"):
+    """The step program a search of one image at this seed count runs ("host": one step; "device": a
+    fori_loop of steps), compiled for the default device and not run: for its memory and cost analyses."""
+    spec = _make_spec(model, PulseConfig(), lr_size, precision, remat)
+    state = jax.eval_shape(lambda: _init(spec, seed_keys(jax.random.key(0), 1, seeds), None, None))
+    lr = jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32)
+    gen, fit = model.search_synthesis[1], model.gaussian_fit
+    if step_loop == "device":
+        return _run_steps.lower(spec, state, jnp.int32(2), lr, None, gen, fit).compile()
+    return _run_one_step.lower(spec, state, lr, None, gen, fit).compile()
+
+
 # "device": the chunk's steps run in a fori_loop inside one compiled call. "host": each compiled call
 # runs one step and Python loops; XLA:CPU runs convolutions inside while-loop bodies ~3x slower than
 # the same program unrolled (measured on this search; jax-ml/jax#12868), and on a CPU the per-call

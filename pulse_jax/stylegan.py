@@ -133,21 +133,17 @@ class UpBlock(nnx.Module):
         self.epi1 = Epilogue(c_out, dlatent_size, rngs=rngs)
         self.conv1 = Conv(c_out, c_out, 3, gain=math.sqrt(2), rngs=rngs)
         self.epi2 = Epilogue(c_out, dlatent_size, rngs=rngs)
-        self.phases = nnx.data(None)  # set by prepare_for_search (fused blocks)
+        self.phases = nnx.data(None)  # set by prepare_for_search
         self.phases_adjoint = nnx.data(None)
 
     def prepare_for_search(self, winograd: bool = False) -> None:
         # The upsampling convolution as one 2x2 phase convolution of the small input (layers.phase_conv):
         # its phase kernel and that kernel's adjoint replace conv0_up's kernel.
-        kernel = self.conv0_up.scaled_kernel()
-        if not self.fused:
-            phases = upsample_conv_phase_kernel(kernel)
-        elif layers.TRANSPOSED_CONV_IMPL == "phases":
-            phases = phase_kernel(fused_upsample_kernel(kernel))
-        else:  # the dilated form, kept to compare the two on a device
-            phases = None
+        if self.fused and layers.TRANSPOSED_CONV_IMPL != "phases":  # the dilated form, to compare on a device
             self.conv0_up.prepare_for_search()
-        if phases is not None:
+        else:
+            kernel = self.conv0_up.scaled_kernel()
+            phases = phase_kernel(fused_upsample_kernel(kernel)) if self.fused else upsample_conv_phase_kernel(kernel)
             self.phases, self.phases_adjoint = Prepared(phases), Prepared(adjoint_kernel(phases))
             del self.conv0_up.kernel
         self.conv1.prepare_for_search(winograd)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -204,13 +203,8 @@ def test_step_loop_on_device_needs_no_more_memory_than_one_step(tiny):
     hoisted each fixed noise map times its per-channel weights out of the loop and kept those C-times-
     larger products through it (+32% temporaries here, +40% at 1024 px) until the loop body's state went
     through an optimisation barrier. 5% allows for buffer assignment's own differences (measured 0.2%)."""
-    ls = search_module
-    spec = ls._make_spec(tiny, pj.PulseConfig(), 16, "highest")
-    state = jax.eval_shape(lambda: ls._init(spec, ls.seed_keys(jax.random.key(0), 1, 4), None, None))
-    lr = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
-    gen, fit = tiny.search_synthesis[1], tiny.gaussian_fit
-    one = ls._run_one_step.lower(spec, state, lr, None, gen, fit).compile().memory_analysis()
-    loop = ls._run_steps.lower(spec, state, jnp.int32(2), lr, None, gen, fit).compile().memory_analysis()
+    one, loop = (search_module.compile_step_program(tiny, 4, 16, step_loop=where).memory_analysis()
+                 for where in ("host", "device"))
     assert loop.temp_size_in_bytes <= 1.05 * one.temp_size_in_bytes, (loop.temp_size_in_bytes, one.temp_size_in_bytes)
 
 
