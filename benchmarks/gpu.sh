@@ -4,9 +4,9 @@
 # its own time limit so one overrun does not lose the rest.
 #   bash benchmarks/gpu.sh          the whole table (about 8 minutes)
 #   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (9 minutes at most): the
-#                                   PyTorch loop's float32 speed at 48 seeds alone on the card, ours at 32
-#                                   seeds (TF32), then the most seeds that fit at 1024 (TF32), found by
-#                                   running sizes in fresh processes from a guess; then, if time is left
+#                                   most seeds that fit at 1024 (TF32), found by running sizes in fresh
+#                                   processes from a guess; ours at 32 seeds (TF32); the PyTorch loop's
+#                                   float32 speed at 48 seeds alone on the card; then, if time is left
 #                                   and BEFORE names an older checkout (git archive of it), that code's
 #                                   TF32 speed in the same lease
 set -u
@@ -48,16 +48,17 @@ run() {  # run SECONDS NAME ARGS...: one bench invocation with its own limit (BE
 }
 
 if [ "$MODE" = missing ]; then
-  # In order of importance, each with its own limit, so that a long one cannot cost those before it.
+  # In order of importance, each with its own limit, so that a long one cannot cost those after it, and a
+  # late start cannot squeeze the one measurement #4 waits for.
+  # TF32 is how PULSE runs on a GPU. No table rows: this process must hold no device memory while the
+  # fresh processes try each size (~1 s of compile per seed on the H100).
+  run 400 gpu_1024_tf32_max_fit --resolutions 1024 --seeds 32 --ours-seeds --torch-seeds --precision default \
+    --max-fit --max-fit-tries 4 --max-fit-seconds 330
+  # ours since the device loop's optimisation barrier (seventh session: 454.5 seed-steps/s before it)
+  run 80 gpu_1024_tf32_ours --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision default
   # The PyTorch loop alone in its process, so that its largest batch has the card to itself (48 seeds
   # is its best in TF32 on an H100; float32 fits 32 in 46 GB, 48 untried).
   run 60 gpu_1024_fp32_torch --resolutions 1024 --seeds 48 --ours-seeds --reps 3 --chunk 3
-  # ours since the device loop's optimisation barrier (seventh session: 454.5 seed-steps/s before it)
-  run 80 gpu_1024_tf32_ours --resolutions 1024 --seeds 32 --torch-seeds --reps 3 --chunk 3 --precision default
-  # TF32 is how PULSE runs on a GPU. No table rows: this process must hold no device memory while the
-  # fresh processes try each size (~1 s of compile per seed on the H100).
-  run 420 gpu_1024_tf32_max_fit --resolutions 1024 --seeds 32 --ours-seeds --torch-seeds --precision default \
-    --max-fit --max-fit-tries 4 --max-fit-seconds 320
   if [ -n "${BEFORE:-}" ]; then
     BENCH=$BEFORE/benchmarks/bench.py run 90 gpu_1024_tf32_ours_before --resolutions 1024 --seeds 32 \
       --torch-seeds --reps 3 --chunk 3 --precision default
