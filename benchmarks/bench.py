@@ -66,7 +66,7 @@ def malloc_env(choice: str) -> dict | None:
 def build(resolution: int):
     c = pj.PRESETS[PRESET_OF[resolution]]
     sd = ref.random_synthesis_state_dict(c.resolution, c.fmap_base, c.fmap_max, seed=0)
-    fit = torch.load(ROOT / "tests" / "data" / "gaussian_fit.pt", map_location="cpu", weights_only=True)
+    fit = ref.random_gaussian_fit()
     config, params = pulse_format.synthesis_params({k: v.numpy() for k, v in sd.items()})
     model = pj.Model.from_arrays(config, params, gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
     return model, sd, (fit["mean"], fit["std"])

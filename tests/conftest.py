@@ -58,25 +58,39 @@ def small_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def small_model_dir(small_checkpoints, tmp_path_factory):
-    """The small checkpoints converted, with the real gaussian fit (shapes fit: 512)."""
+def gaussian_fit():
+    """Random {"mean", "std"} statistics in PULSE's gaussian_fit.pt format (512 float32 each)."""
+    from reference import stylegan_torch as ref
+
+    return ref.random_gaussian_fit()
+
+
+@pytest.fixture(scope="session")
+def gaussian_fit_file(gaussian_fit, tmp_path_factory):
+    """gaussian_fit saved as users have PULSE's file: legacy (non-zip) format, storages tagged cuda:0."""
+    return save_checkpoint(gaussian_fit, tmp_path_factory.mktemp("fit") / "gaussian_fit.pt", "legacy")
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(small_checkpoints, gaussian_fit_file, tmp_path_factory):
+    """The small checkpoints converted, with the gaussian fit file (shapes fit: 512)."""
     from convert.pulse import convert
 
     out = tmp_path_factory.mktemp("models") / "small"
     convert(synthesis=str(small_checkpoints["files"]["synthesis_legacy"]),
             mapping=str(small_checkpoints["files"]["mapping_zip"]),
-            gaussian_fit=str(DATA / "gaussian_fit.pt"), out=str(out), verbose=False)
+            gaussian_fit=str(gaussian_fit_file), out=str(out), verbose=False)
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny():
-    """A cheap random generator (128 px) with PULSE's real gaussian fit, for tests of the machinery."""
+def tiny(gaussian_fit):
+    """A cheap random generator (128 px) with the random gaussian fit, for tests of the machinery."""
     from flax import nnx
 
     import pulse_jax as pj
 
-    fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
+    fit = gaussian_fit
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
     return pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
                                 gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))

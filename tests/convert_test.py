@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, save_checkpoint
+from conftest import save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import stylegan_torch as ref
@@ -27,17 +27,16 @@ def run_cli(*args, cwd=None):
                           cwd=cwd or ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_cli_converts_and_reports(small_checkpoints, tmp_path):
+def test_cli_converts_and_reports(small_checkpoints, gaussian_fit, gaussian_fit_file, tmp_path):
     files = small_checkpoints["files"]
     out = tmp_path / "model"
     r = run_cli("--synthesis", files["synthesis_zip"], "--mapping", files["mapping_legacy"],
-                "--gaussian-fit", DATA / "gaussian_fit.pt", "--out", out)
+                "--gaussian-fit", gaussian_fit_file, "--out", out)
     assert r.returncode == 0, r.stderr
     assert (out / "model.json").is_file()
     model = pj.load_model(out)
-    real = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
-    np.testing.assert_array_equal(np.asarray(model.gaussian_fit[0]), real["mean"].numpy())
-    np.testing.assert_array_equal(np.asarray(model.gaussian_fit[1]), real["std"].numpy())
+    np.testing.assert_array_equal(np.asarray(model.gaussian_fit[0]), gaussian_fit["mean"].numpy())
+    np.testing.assert_array_equal(np.asarray(model.gaussian_fit[1]), gaussian_fit["std"].numpy())
     # A second run does not replace the model silently.
     r = run_cli("--synthesis", files["synthesis_zip"], "--out", out)
     assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr

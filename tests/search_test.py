@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, save_checkpoint
+from conftest import save_checkpoint
 from reference import pulse_torch
 
 import pulse_jax as pj
@@ -14,9 +14,9 @@ from pulse_jax import latent_search as search_module
 
 
 @pytest.fixture(scope="module")
-def small(small_model_dir, small_checkpoints):
+def small(small_model_dir, small_checkpoints, gaussian_fit):
     model = pj.load_model(small_model_dir)
-    fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
+    fit = gaussian_fit
     return model, small_checkpoints["synthesis"], (fit["mean"], fit["std"])
 
 
@@ -112,7 +112,7 @@ def test_variants_follow_reference(small, kwargs):
     assert result.latent.shape == (1, 2, rows, 512)
 
 
-def test_1024_search_follows_reference(tmp_path):
+def test_1024_search_follows_reference(gaussian_fit, gaussian_fit_file, tmp_path):
     """The real layout: 18 layers, bad layer 17, 32x32 input (factor 32), against the torch loop in
     float64, the exact answer. Step 0 is one forward pass: float32 rounding only (measured 8e-8). The
     first update is chaotic (see test_short_run_follows_reference): with these random weights the float32
@@ -125,9 +125,9 @@ def test_1024_search_follows_reference(tmp_path):
 
     sd = ref.random_synthesis_state_dict(1024, 8192, 512, seed=11)
     out = convert(synthesis=str(save_checkpoint(sd, tmp_path / "s.pt", "zip")),
-                  gaussian_fit=str(DATA / "gaussian_fit.pt"), out=str(tmp_path / "m"), verbose=False)
+                  gaussian_fit=str(gaussian_fit_file), out=str(tmp_path / "m"), verbose=False)
     model = pj.load_model(out)
-    fit = torch.load(DATA / "gaussian_fit.pt", map_location="cpu", weights_only=True)
+    fit = gaussian_fit
     lr = np.random.default_rng(8).random((1, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=2)
     result, loss, _, _ = run_both(model, sd, (fit["mean"], fit["std"]), config, lr, random_init(model, 1, 1, 18, 9),

@@ -11,12 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 SCRIPT = r"""
-import jax, numpy as np, torch
+import sys; sys.path.insert(0, "tests")
+import jax, numpy as np
 from flax import nnx
 import pulse_jax as pj
 from pulse_jax import latent_search
+from reference.stylegan_torch import random_gaussian_fit
 assert len(jax.devices()) == 8, jax.devices()
-fit = torch.load("tests/data/gaussian_fit.pt", map_location="cpu", weights_only=True)
+fit = random_gaussian_fit()
 m = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
 m = pj.Model.from_arrays(m.config, nnx.to_pure_dict(m.synthesis_params),
                          gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))

@@ -55,10 +55,10 @@ def test_reference_state_dict_has_the_real_key_names_and_shapes():
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
-def test_small_generator_matches_reference(small_checkpoints, tmp_path, fmt):
+def test_small_generator_matches_reference(small_checkpoints, gaussian_fit_file, tmp_path, fmt):
     files = small_checkpoints["files"]
     out = convert(synthesis=str(files[f"synthesis_{fmt}"]), mapping=str(files[f"mapping_{fmt}"]),
-                  gaussian_fit=str(DATA / "gaussian_fit.pt"), out=str(tmp_path / "m"), verbose=False)
+                  gaussian_fit=str(gaussian_fit_file), out=str(tmp_path / "m"), verbose=False)
     model = pj.load_model(out)
     assert model.config == PRESETS["small_256"]
     assert_generator_parity(model, small_checkpoints["synthesis"])

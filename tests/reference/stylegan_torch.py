@@ -75,6 +75,16 @@ def random_mapping_state_dict(dlatent=512, seed=1) -> dict[str, torch.Tensor]:
     return sd
 
 
+def random_gaussian_fit(dlatent=512, seed=2) -> dict[str, torch.Tensor]:
+    """Random statistics in the format of PULSE's gaussian_fit.pt ({"mean", "std"}, float32) with the
+    moments of the file PULSE ships for FFHQ (mean: -0.27 +- 0.15, std: 0.48 +- 0.07, over the 512
+    entries), so that searches start from latents of a realistic scale. Made here: no file derived from
+    real weights is committed."""
+    g = torch.Generator().manual_seed(seed)
+    return {"mean": torch.randn(dlatent, generator=g) * 0.15 - 0.27,
+            "std": (torch.randn(dlatent, generator=g) * 0.07 + 0.48).clamp(min=0.3)}
+
+
 def _epilogue(sd, p, x, w, noise):
     c = x.shape[1]
     x = x + sd[p + ".noise.weight"].view(1, -1, 1, 1) * noise
