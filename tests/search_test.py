@@ -52,17 +52,23 @@ def rel(a, b):
 def assert_follows(ours, theirs):
     """(steps, B) histories: tolerances explained in test_short_run_follows_reference."""
     assert rel(ours[0], theirs[0]).max() < 1e-5
-    assert rel(ours[1], theirs[1]).max() < 1e-4
-    assert rel(ours, theirs).max() < 3e-3
+    assert rel(ours[1], theirs[1]).max() < 2e-3
+    assert rel(ours, theirs).max() < 1e-2
 
 
 def test_short_run_follows_reference(small):
-    """Step 0 is one forward pass: rounding only (1e-5). After that the loop is chaotic: Adam's first
-    update is almost sign(g), so gradient elements near zero flip between two float32 implementations
-    and the runs drift. Measured here: the torch loop in float32 against itself in float64 drifts by
-    1.2e-5 after one step and 3.8e-4 after four; ours against torch float32 by 7e-5 and 1.4e-3. So
-    1e-4 for the first update and 3e-3 for five steps: a wrong formula (eps placement, schedule,
-    projection radius) misses these by orders of magnitude."""
+    """Step 0 is one forward pass: rounding only (measured <= 4e-7; 1e-5). After that the loop is
+    chaotic: Adam's first update is almost lr * sign(g), so gradient elements near zero flip between two
+    float32 implementations and the runs drift, by an amount that depends on the starting point and the
+    gaussian fit, not on the code. With the tests' fit, over this test, the optimiser test and the
+    variants below: ours against the torch loop in float32 at most 6.0e-4 after one step and 4.1e-3 over
+    four or five, where the torch loop in float32 strays as far from itself in float64 (6.0e-4 and
+    2.2e-3 on the same run). So 2e-3 after one step and 1e-2 over the run. Measured misses of wiring
+    bugs, put into the torch loop: the schedule one step late 0.3-1.1 after one step (runs with a
+    schedule); learning rate x1.05 6e-3-1.2e-2 after one step; Adam's beta1 0.8 2e-2-1.1e-1 and the
+    sphere projection over the whole tensor instead of per row 8e-3-6.5e-2 by the last step. Adam's
+    finer constants (eps, beta2) move these runs less than the chaos does; tests/optim_test.py checks
+    them element by element."""
     model, sd, fit = small
     lr = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=5)
