@@ -33,8 +33,8 @@ from reference import pulse_torch  # noqa: E402
 from reference import stylegan_torch as ref  # noqa: E402
 
 import pulse_jax as pj  # noqa: E402
+from pulse_jax import batching, pulse_format  # noqa: E402
 from pulse_jax import latent_search as ls  # noqa: E402
-from pulse_jax import pulse_format  # noqa: E402
 from pulse_jax.host_memory import TUNABLES, huge_pages_env_here, relaunch_with  # noqa: E402
 
 PRESET_OF = {256: "small_256", 1024: "ffhq_1024", 128: "tiny_128"}
@@ -73,7 +73,7 @@ def build(resolution: int):
 
 
 def time_ours(model, seeds: int, reps: int, chunk: int, precision: str, remat: bool = False,
-              after_warmup=lambda: None):
+              after_warmup=lambda: None, transposed_conv: str = "phases"):
     lr = np.random.default_rng(0).random((1, LR_SIZE, LR_SIZE, 3), dtype=np.float32)
     marks = []
 
@@ -84,8 +84,9 @@ def time_ours(model, seeds: int, reps: int, chunk: int, precision: str, remat: b
             after_warmup()
 
     start = time.perf_counter()
-    pj.search(model, lr, pj.PulseConfig(steps=chunk * (reps + 1)), seeds=seeds, key=jax.random.key(0),
-              chunk_steps=chunk, on_chunk=on_chunk, precision=precision, remat=remat)
+    options = pj.RunOptions(precision=precision, remat=remat, chunk_steps=chunk, transposed_conv=transposed_conv)
+    pj.search(model, lr, pj.PulseConfig(steps=chunk * (reps + 1)), options, seeds=seeds, key=jax.random.key(0),
+              on_chunk=on_chunk)
     times = np.diff([start] + marks)
     steady = statistics.median(times[1:]) / chunk
     return {"step_s": steady, "compile_s": float(times[0] - chunk * steady)}
@@ -213,9 +214,9 @@ def measure_ours(model, s, args, flops, ceiling) -> dict:
     resident = resident_before() if on_cpu else None
     try:
         ours = time_ours(model, s, args.reps, args.chunk, args.precision, args.remat,
-                         reset_high_water if on_cpu else lambda: None)
+                         reset_high_water if on_cpu else lambda: None, args.transposed_conv)
     except Exception as e:  # noqa: BLE001 - an out-of-memory is a result; anything else is re-raised
-        if not ls.is_out_of_memory(e):
+        if not batching.is_out_of_memory(e):
             raise
         return {"ours": "out of memory"}
     return {"ours_step_s": ours["step_s"], "ours_compile_s": ours["compile_s"],
@@ -245,7 +246,8 @@ def measure_torch(sd, fit, s, args, device) -> dict:
 def compile_step(model, seeds: int, precision: str, remat: bool = False, step_loop: str = "host"):
     """The search's step program for one image at this seed count, compiled for the default device (not
     run): one step per call ("host"), or a chunk of steps in a fori_loop ("device", what a GPU runs)."""
-    return ls.compile_step_program(model, seeds, LR_SIZE, precision=precision, remat=remat, step_loop=step_loop)
+    options = pj.RunOptions(precision=precision, remat=remat, step_loop=step_loop)
+    return ls.compile_step_program(model, seeds, LR_SIZE, options)
 
 
 def compiled_step_bytes(model, seeds: int, precision: str, remat: bool = False, step_loop: str = "host") -> int:
@@ -358,7 +360,7 @@ def main():
     p.add_argument("--torch-tf32", action="store_true", help="let torch use TF32 (its cuDNN default)")
     p.add_argument("--compile-cache", action="store_true", help="also time cold/warm compiles via a cache")
     p.add_argument("--transposed-conv", choices=["phases", "dilated"], default="phases",
-                   help="form of the fused upsampling (pulse_jax.layers.TRANSPOSED_CONV_IMPLS)")
+                   help="form of the fused upsampling (pulse_jax.generators.layers.TRANSPOSED_CONV_IMPLS)")
     p.add_argument("--max-fit", action="store_true",
                    help="after the table: the most seeds that fit at the largest resolution, found by "
                         "running from a guess (the compiled step's memory), each run a fresh process")
@@ -391,9 +393,6 @@ def main():
         print(json.dumps([compiled_step_bytes(model, s, args.precision, args.remat, ls.default_step_loop())
                           for s in args.step_bytes[1:]]))
         return
-    from pulse_jax import layers
-
-    layers.TRANSPOSED_CONV_IMPL = args.transposed_conv
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.allow_tf32 = args.torch_tf32
     torch.backends.cuda.matmul.allow_tf32 = args.torch_tf32

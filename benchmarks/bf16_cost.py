@@ -19,7 +19,6 @@ sys.path[:0] = [str(ROOT)]
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
 import pulse_jax as pj  # noqa: E402
 from pulse_jax.demo import ground_truth  # noqa: E402
@@ -36,8 +35,7 @@ def main():
     args = p.parse_args()
     model = pj.Model.random(pj.PRESETS[args.preset], 0)
     fit = compute_gaussian_fit(model, num_samples=50_000)
-    model = pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
-                                 nnx.to_pure_dict(model.mapping_params), fit)
+    model = model.with_gaussian_fit(fit)
     truths = np.stack([ground_truth(model, jax.random.key(100 + i)) for i in range(args.images)])
     lr = np.asarray(pj.bicubic_downsample(jnp.asarray(truths), model.config.resolution // args.size))
     config = pj.PulseConfig(steps=args.steps)
@@ -45,7 +43,7 @@ def main():
            "size": args.size, "device": jax.devices()[0].device_kind, "jax": jax.__version__}
     results = {}
     for precision in ("highest", "bfloat16"):
-        r = pj.search(model, lr, config, seeds=args.seeds, key=jax.random.key(0), precision=precision)
+        r = pj.search(model, lr, config, pj.RunOptions(precision=precision), seeds=args.seeds, key=jax.random.key(0))
         results[precision] = r
         out[precision] = {"median_min_lr_mse": float(np.median(r.min_l2)), "success_rate": float(r.success.mean()),
                           "seconds": r.seconds}

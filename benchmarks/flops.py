@@ -4,7 +4,7 @@ Convolutions and style linears dominate; a step is the forward pass plus the
 backward pass for the data gradients only (the generator's weights are fixed,
 so no weight gradients): about twice the forward FLOPs. Both upsampling
 convolutions are counted as we run them, one 2x2 phase convolution of the small
-input per output phase (pulse_jax.layers.phase_conv): 4 products per output
+input per output phase (pulse_jax.generators.layers.phase_conv): 4 products per output
 pixel and input channel. The reference runs the non-fused blocks' convolution
 on the upsampled image, 9 products per output pixel (2.25x these layers'
 count), and may run the fused one as a zero-dilated convolution.
@@ -12,7 +12,7 @@ count), and may run the fused one as a zero-dilated convolution.
 
 from __future__ import annotations
 
-from pulse_jax.stylegan import StyleGANConfig
+from pulse_jax.generators.stylegan1 import StyleGANConfig
 
 
 def synthesis_forward_flops(c: StyleGANConfig) -> int:

@@ -1,15 +1,15 @@
 """pulse-jax: PULSE (Menon et al., CVPR 2020) on StyleGAN v1, in JAX/Flax."""
 
-from pulse_jax.config import PulseConfig
+from pulse_jax.config import PulseConfig, RunOptions
 from pulse_jax.degrade import bicubic_downsample
 from pulse_jax.errors import CheckpointError, PulseJaxError
+from pulse_jax.generators import PRESETS, Generator, StyleGANConfig
 from pulse_jax.latent_search import SearchInit, SearchResult, search
 from pulse_jax.model import Model, load_model, save_model
-from pulse_jax.stylegan import PRESETS, StyleGANConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "CheckpointError", "Model", "PulseConfig", "PulseJaxError", "SearchInit", "SearchResult",
-    "StyleGANConfig", "bicubic_downsample", "load_model", "save_model", "search",
+    "PRESETS", "CheckpointError", "Generator", "Model", "PulseConfig", "PulseJaxError", "RunOptions", "SearchInit",
+    "SearchResult", "StyleGANConfig", "bicubic_downsample", "load_model", "save_model", "search",
 ]

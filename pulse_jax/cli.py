@@ -12,7 +12,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from pulse_jax.config import PulseConfig, parse_layers
+from pulse_jax.config import PRECISIONS, STEP_LOOPS, TRANSPOSED_CONVS, PulseConfig, RunOptions, parse_layers
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.host_memory import relaunch_with_huge_pages
 
@@ -50,6 +50,44 @@ def config_from_args(args: argparse.Namespace) -> PulseConfig:
     return PulseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PulseConfig)})
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """One flag per RunOptions field (how the search runs; recorded in the report as run_options)."""
+    g = p.add_argument_group("how the search runs (RunOptions)")
+    g.add_argument("--precision", choices=PRECISIONS, default="highest",
+                   help="generator matmul/conv precision: highest (float32), default (TF32 on GPUs: ~3x "
+                        "faster on an H200), bfloat16 (bf16 operands, float32 accumulation; cost in "
+                        "benchmarks/RESULTS.md)")
+    g.add_argument("--remat", action="store_true",
+                   help="recompute each generator block in the backward pass: less memory per seed (more "
+                        "seeds fit on a GPU), about one more forward pass of work")
+    g.add_argument("--step-loop", choices=STEP_LOOPS,
+                   help="device: a chunk of steps in one compiled loop; host: one step per compiled call "
+                        "(default: host on a CPU, device elsewhere)")
+    g.add_argument("--chunk-steps", type=int, metavar="N",
+                   help="steps between progress updates and stop checks (default: a tenth of --steps)")
+    g.add_argument("--shard", choices=("auto", "on", "off"), default="auto",
+                   help="split each batch over this process's devices: auto (when there are several), on "
+                        "(refuse a batch that does not split evenly), off (one device)")
+    g.add_argument("--devices", type=int, metavar="K", help="use this process's first K devices (default: all)")
+    g.add_argument("--transposed-conv", choices=TRANSPOSED_CONVS, default="phases",
+                   help="form of StyleGAN v1's fused upsampling (same numbers; dilated only to compare speed)")
+
+
+def run_options_from_args(args: argparse.Namespace) -> RunOptions:
+    devices = None
+    if args.devices is not None:
+        import jax
+
+        local = jax.local_devices()
+        if not 1 <= args.devices <= len(local):
+            raise PulseJaxError(f"--devices {args.devices}: this process has {len(local)} device(s); give 1 to "
+                                f"{len(local)}")
+        devices = tuple(local[:args.devices])
+    return RunOptions(precision=args.precision, remat=args.remat, step_loop=args.step_loop,
+                      shard={"auto": None, "on": True, "off": False}[args.shard], devices=devices,
+                      chunk_steps=args.chunk_steps, transposed_conv=args.transposed_conv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pulse-jax", description="PULSE photo upsampling on StyleGAN v1, in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -69,10 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "inputs x seeds per device (throughput grows up to there); halved when it does not fit")
     up.add_argument("--all-seeds", action="store_true", help="also write every seed's image")
     up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
-    up.add_argument("--precision", choices=("highest", "default", "bfloat16"), default="highest",
-                    help="generator matmul/conv precision: highest (float32), default (TF32 on GPUs: ~3x "
-                         "faster on an H200), bfloat16 (bf16 operands, float32 accumulation; cost in "
-                         "benchmarks/RESULTS.md)")
+    add_run_options(up)
     up.add_argument("--fit", type=int, metavar="SIZE",
                     help="centre-crop each input to a square and resize it to SIZE (bicubic) instead of refusing "
                          "sizes that are not square or do not divide the resolution")
@@ -200,25 +235,27 @@ def _upsample_here(args, config, group, log, stop) -> dict:
     import numpy as np
 
     from pulse_jax.images import list_inputs, read_image
+    from pulse_jax.inputs import InputOptions
     from pulse_jax.model import load_model
-    from pulse_jax.upsample import InputOptions, upsample_files
+    from pulse_jax.upsample import OutputOptions, upsample_files
 
+    options = run_options_from_args(args)
     inputs = list_inputs(args.inputs)
     model = load_model(args.model)
     mask = None
     if args.mask:
         mask = (read_image(args.mask).mean(axis=-1) > 0.5).astype(np.float32)
-    options = InputOptions(fit=None if args.align else args.fit, mask=mask,
-                           align=(args.fit or 32) if args.align else None)
-    return upsample_files(model, inputs, Path(args.out), config, seeds=args.seeds, seed=args.seed, options=options,
-                          batch_size=args.batch_size, all_seeds=args.all_seeds,
-                          save_intermediate=args.save_intermediate, precision=args.precision,
-                          overwrite=args.overwrite, log=log, show_progress=not args.quiet, processes=group,
-                          stop=stop)
+    input_options = InputOptions(fit=None if args.align else args.fit, mask=mask,
+                                 align=(args.fit or 32) if args.align else None)
+    outputs = OutputOptions(all_seeds=args.all_seeds, save_intermediate=args.save_intermediate,
+                            overwrite=args.overwrite)
+    return upsample_files(model, inputs, Path(args.out), config, options, seeds=args.seeds, seed=args.seed,
+                          batch_size=args.batch_size, outputs=outputs, input_options=input_options, log=log,
+                          show_progress=not args.quiet, processes=group, stop=stop)
 
 
 def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
-    from pulse_jax.upsample import REPORT_NAME
+    from pulse_jax.reports import REPORT_NAME
 
     ok = sum(e["success"] for e in report["inputs"])
     print(f"{whose}{len(report['inputs'])} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "

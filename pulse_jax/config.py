@@ -1,4 +1,4 @@
-"""PulseConfig: every option of the reference's search, same names and defaults, validated."""
+"""PulseConfig: every option of the reference's search, same names and defaults, validated; RunOptions: how it runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 
 from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.generators import layers as generator_layers
 from pulse_jax.losses import parse_loss_str
 from pulse_jax.optim import OPTIMIZERS, SCHEDULES
 
@@ -67,23 +68,27 @@ class PulseConfig:
     def loss_terms(self) -> tuple[tuple[float, str], ...]:
         return parse_loss_str(self.loss_str)
 
-    def bad_layers(self, num_layers: int) -> tuple[int, ...]:
-        layers = (num_layers - 1,) if self.bad_noise_layers is None else self.bad_noise_layers
-        wrong = [i for i in layers if not 0 <= i < num_layers]
+    # The three below index noise maps: ``num_noise`` is the generator's count (len(noise_shapes())),
+    # which need not equal its W+ rows.
+
+    def bad_layers(self, num_noise: int) -> tuple[int, ...]:
+        layers = (num_noise - 1,) if self.bad_noise_layers is None else self.bad_noise_layers
+        wrong = [i for i in layers if not 0 <= i < num_noise]
         if wrong:
-            raise PulseJaxError(f"bad_noise_layers {wrong} out of range: this generator has layers 0..{num_layers - 1}")
+            raise PulseJaxError(f"bad_noise_layers {wrong} out of range: this generator has noise layers "
+                                f"0..{num_noise - 1}")
         return layers
 
-    def trainable_layers(self, num_layers: int) -> tuple[int, ...]:
+    def trainable_layers(self, num_noise: int) -> tuple[int, ...]:
         if self.noise_type != "trainable":
             return ()
-        bad = self.bad_layers(num_layers)
-        return tuple(i for i in range(min(self.num_trainable_noise_layers, num_layers)) if i not in bad)
+        bad = self.bad_layers(num_noise)
+        return tuple(i for i in range(min(self.num_trainable_noise_layers, num_noise)) if i not in bad)
 
-    def zero_layers(self, num_layers: int) -> tuple[int, ...]:
+    def zero_layers(self, num_noise: int) -> tuple[int, ...]:
         if self.noise_type == "zero":
-            return tuple(range(num_layers))
-        return tuple(sorted(set(self.bad_layers(num_layers))))
+            return tuple(range(num_noise))
+        return tuple(sorted(set(self.bad_layers(num_noise))))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -93,3 +98,54 @@ class PulseConfig:
     def hash(self) -> str:
         """Short stable name of this configuration (for reports and skipping finished work)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+PRECISIONS = tuple(generator_layers.PRECISIONS)  # highest, default, bfloat16
+STEP_LOOPS = ("device", "host")
+TRANSPOSED_CONVS = tuple(generator_layers.TRANSPOSED_CONV_IMPLS)  # phases, dilated
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a search runs, as opposed to what it searches for (PulseConfig). Frozen and hashable.
+
+    precision: the generator's matmul/conv precision: "highest" (float32), "default" (the backend's
+        choice: TF32 on NVIDIA GPUs), "bfloat16" (bf16 operands, float32 accumulation).
+    remat: recompute each generator block in the backward pass (less memory per seed, more work).
+    step_loop: "device" (a chunk of steps in one compiled loop) or "host" (one step per compiled call);
+        None chooses by backend (host on a CPU, where XLA runs convolutions in loops ~3x slower).
+    shard: split the (images x seeds) batch over the devices; None: when there are several.
+    devices: where to run (None: this process's devices). Over several processes, ``jax.devices()``
+        makes one program over every host's devices (each process then passes the same inputs).
+    chunk_steps: steps between progress callbacks (None: about a tenth of the run).
+    transposed_conv: how StyleGAN v1's fused upsampling runs: "phases" (one 2x2 phase convolution) or
+        "dilated" (a dilated convolution, kept to compare the two on a device). Same numbers.
+    """
+
+    precision: str = "highest"
+    remat: bool = False
+    step_loop: str | None = None
+    shard: bool | None = None
+    devices: tuple | None = None
+    chunk_steps: int | None = None
+    transposed_conv: str = "phases"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise PulseJaxError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.step_loop is not None and self.step_loop not in STEP_LOOPS:
+            raise PulseJaxError(f"step_loop must be one of {STEP_LOOPS}, got {self.step_loop!r}")
+        if self.transposed_conv not in TRANSPOSED_CONVS:
+            raise PulseJaxError(f"transposed_conv must be one of {TRANSPOSED_CONVS}, got {self.transposed_conv!r}")
+        if self.chunk_steps is not None and not (isinstance(self.chunk_steps, int) and self.chunk_steps >= 1):
+            raise PulseJaxError(f"chunk_steps must be a positive integer, got {self.chunk_steps!r}")
+        if self.devices is not None:
+            object.__setattr__(self, "devices", tuple(self.devices))
+            if not self.devices:
+                raise PulseJaxError("devices is empty; pass at least one device (e.g. jax.local_devices())")
+
+    def to_dict(self) -> dict:
+        """For reports: devices by their names."""
+        d = dataclasses.asdict(self)
+        d["devices"] = None if self.devices is None else [str(x) for x in self.devices]
+        return d

@@ -1,6 +1,6 @@
 """The model: config + parameters + gaussian fit, and its directory format.
 
-A model directory holds ``model.json`` (format version, config, checksum) and
+A model directory holds ``model.json`` (format version, architecture, config, checksum) and
 ``params/`` (an orbax checkpoint of ``{"synthesis", "mapping"?, "gaussian_fit"?}``).
 It is written to a temporary sibling and renamed into place, so a crash never
 leaves a half-written model under the final name.
@@ -21,132 +21,111 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from pulse_jax.errors import CheckpointError, PulseJaxError
-from pulse_jax.stylegan import Mapping, StyleGANConfig, Synthesis
+from pulse_jax.generators import Generator, NetworkParams, generator_for, generator_from_dict
+from pulse_jax.generators.stylegan1 import StyleGANConfig
 
 FORMAT_NAME = "pulse-jax-model"
-FORMAT_VERSION = 1
+# 2: model.json names the generator family ("architecture"); format 1 directories are StyleGAN v1.
+FORMAT_VERSION = 2
+ARCHITECTURE_BEFORE_VERSION_2 = StyleGANConfig.architecture
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
 
 
-def _abstract_state(module_fn: Callable[[], nnx.Module]):
-    return nnx.split(nnx.eval_shape(module_fn))
+@functools.partial(jax.jit, static_argnames=("generator", "precision"))
+def _run_synthesis(generator: Generator, params: NetworkParams, w, noise, precision):
+    return generator.synthesize(params, w, noise, precision=precision)
 
 
-def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(v)) for path, v in flat}
-
-
-def check_tree(got, expected, what: str) -> None:
-    """Compare two parameter trees by path and shape; raise naming every mismatch."""
-    g, e = _flat_shapes(got), _flat_shapes(expected)
-    problems = [f"missing {k} {list(s)}" for k, s in e.items() if k not in g]
-    problems += [f"unexpected {k} {list(s)}" for k, s in g.items() if k not in e]
-    problems += [f"{k} is {list(g[k])}, expected {list(s)}" for k, s in e.items() if k in g and g[k] != s]
-    if problems:
-        raise CheckpointError(f"{what} does not fit the model ({len(problems)} problems): " + "; ".join(problems[:20]))
-
-
-def _bind(module_fn, pure_params, what: str):
-    graphdef, state = _abstract_state(module_fn)
-    check_tree(pure_params, nnx.to_pure_dict(state), what)
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jnp.asarray, pure_params))
-    return graphdef, state
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "precision"))
-def _run_synthesis(graphdef, params, w, noise, precision):
-    return nnx.merge(graphdef, params)(w, noise, precision)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "precision"))
-def _run_mapping(graphdef, params, z, precision):
-    return nnx.merge(graphdef, params)(z, precision)
+@functools.partial(jax.jit, static_argnames=("generator", "precision"))
+def _run_mapping(generator: Generator, params: NetworkParams, z, precision):
+    return generator.map(params, z, precision=precision)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
-    """A loaded generator. Params are pytrees passed to jitted functions, never baked in."""
+    """A loaded generator: its family (architecture and config), params and gaussian fit.
 
-    config: StyleGANConfig
-    synthesis_graphdef: nnx.GraphDef
-    synthesis_params: nnx.State
-    mapping_graphdef: nnx.GraphDef | None = None
-    mapping_params: nnx.State | None = None
+    Params are pytrees passed to jitted functions, never baked in.
+    """
+
+    generator: Generator
+    synthesis: NetworkParams
+    mapping: NetworkParams | None = None
     gaussian_fit: tuple[jax.Array, jax.Array] | None = None
+    _prepared: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_arrays(cls, config: StyleGANConfig, synthesis: dict, mapping: dict | None = None,
+    def from_arrays(cls, config, synthesis: dict, mapping: dict | None = None,
                     gaussian_fit: tuple[np.ndarray, np.ndarray] | None = None) -> Model:
-        """Bind nested dicts of arrays (our layout) to the architecture, checking every path and shape."""
-        sg, sp = _bind(lambda: Synthesis(config, rngs=nnx.Rngs(0)), synthesis, "synthesis params")
-        mg = mp = None
-        if mapping is not None:
-            mg, mp = _bind(lambda: Mapping(config.dlatent_size, rngs=nnx.Rngs(0)), mapping, "mapping params")
+        """Bind nested dicts of arrays (our layout) to the architecture of ``config`` (e.g. a
+        StyleGANConfig), checking every path and shape."""
+        generator = generator_for(config)
+        mapping_params = None if mapping is None else generator.bind("mapping", mapping)
         if gaussian_fit is not None:
             gaussian_fit = (jnp.asarray(gaussian_fit[0]), jnp.asarray(gaussian_fit[1]))
-        return cls(config, sg, sp, mg, mp, gaussian_fit)
+        return cls(generator, generator.bind("synthesis", synthesis), mapping_params, gaussian_fit)
 
     @classmethod
-    def random(cls, config: StyleGANConfig, seed: int = 0, *, with_mapping: bool = True) -> Model:
+    def random(cls, config, seed: int = 0, *, with_mapping: bool = True) -> Model:
         """Random weights (every parameter random), for demos and tests."""
-        sg, sp = nnx.split(Synthesis(config, rngs=nnx.Rngs(seed)))
-        mg = mp = None
-        if with_mapping:
-            mg, mp = nnx.split(Mapping(config.dlatent_size, rngs=nnx.Rngs(seed + 1)))
-        return cls(config, sg, sp, mg, mp, None)
+        generator = generator_for(config)
+        return cls(generator, *generator.random_params(seed, with_mapping=with_mapping))
 
-    @functools.cached_property
-    def search_synthesis(self) -> tuple[nnx.GraphDef, nnx.State]:
-        """The synthesis network as a search runs it, every kernel prepared once (layers.Prepared)."""
-        module = nnx.merge(self.synthesis_graphdef, self.synthesis_params)
-        module.prepare_for_search()
-        return nnx.split(module)
+    def with_gaussian_fit(self, fit: tuple[np.ndarray, np.ndarray]) -> Model:
+        return Model(self.generator, self.synthesis, self.mapping, (jnp.asarray(fit[0]), jnp.asarray(fit[1])))
 
     @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
+    def config(self):
+        """The architecture config (``config.architecture`` names the family)."""
+        return self.generator.config
 
-    def synthesis_fn(self, precision: str = "highest") -> Callable:
-        """A pure ``f(params, w, noise) -> image`` for use inside the caller's jit."""
-        graphdef = self.synthesis_graphdef
+    @property
+    def num_ws(self) -> int:
+        """W+ rows: (B, num_ws, 512) is what ``synthesize`` takes."""
+        return self.generator.num_ws
 
-        def synthesize(params, w, noise):
-            return nnx.merge(graphdef, params)(w, noise, precision)
+    def noise_shapes(self) -> tuple[tuple[int, int], ...]:
+        return self.generator.noise_shapes()
 
-        return synthesize
+    def search_params(self, **options) -> NetworkParams:
+        """The synthesis params as a search runs them, every kernel prepared once (Generator.prepare);
+        one preparation per set of ``options``, kept."""
+        key = tuple(sorted(options.items()))
+        if key not in self._prepared:
+            self._prepared[key] = self.generator.prepare(self.synthesis, **options)
+        return self._prepared[key]
 
     def synthesize(self, w, noise: Sequence, precision: str = "highest") -> jax.Array:
-        """w (B, L, D) float32; noise: L arrays (B, r_i, r_i) -> (B, R, R, 3), raw (about [-1, 1])."""
+        """w (B, num_ws, D) float32; noise: one (B, r, r) array per noise map -> (B, R, R, 3), raw (about
+        [-1, 1])."""
         w = jnp.asarray(w, jnp.float32)
-        expected = (self.num_layers, self.config.dlatent_size)
+        expected = (self.num_ws, self.generator.dlatent_size)
         if w.ndim != 3 or w.shape[1:] != expected:
             raise PulseJaxError(f"w must be (batch, {expected[0]}, {expected[1]}), got {tuple(w.shape)}")
-        shapes = self.config.noise_shapes()
+        shapes = self.noise_shapes()
         if len(noise) != len(shapes):
             raise PulseJaxError(f"noise must be a sequence of {len(shapes)} maps, got {len(noise)}")
         noise = [jnp.asarray(n, jnp.float32) for n in noise]
         for i, (n, s) in enumerate(zip(noise, shapes, strict=True)):
             if n.shape != (w.shape[0], *s):
                 raise PulseJaxError(f"noise[{i}] must be {(w.shape[0], *s)}, got {tuple(n.shape)}")
-        return _run_synthesis(self.synthesis_graphdef, self.synthesis_params, w, noise, precision)
+        return _run_synthesis(self.generator, self.synthesis, w, noise, precision)
 
     def map(self, z, precision: str = "highest") -> jax.Array:
         """z (B, D) -> w (B, D) through the mapping network."""
-        if self.mapping_params is None:
+        if self.mapping is None:
             raise PulseJaxError(
                 "this model has no mapping network; convert it with --mapping mapping.pt to use map()"
             )
-        return _run_mapping(self.mapping_graphdef, self.mapping_params, jnp.asarray(z, jnp.float32), precision)
+        return _run_mapping(self.generator, self.mapping, jnp.asarray(z, jnp.float32), precision)
 
     def pure_params(self) -> dict:
-        tree = {"synthesis": nnx.to_pure_dict(self.synthesis_params)}
-        if self.mapping_params is not None:
-            tree["mapping"] = nnx.to_pure_dict(self.mapping_params)
+        tree = {"synthesis": self.synthesis.pure()}
+        if self.mapping is not None:
+            tree["mapping"] = self.mapping.pure()
         if self.gaussian_fit is not None:
             tree["gaussian_fit"] = {"mean": self.gaussian_fit[0], "std": self.gaussian_fit[1]}
         return tree
@@ -175,6 +154,7 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
+        "architecture": model.generator.architecture,
         "config": model.config.to_dict(),
         "contents": sorted(tree),
         "checksum": params_checksum(tree),
@@ -227,17 +207,16 @@ def load_model(directory: str | os.PathLike) -> Model:
 
     directory = Path(directory).absolute()
     meta = read_model_json(directory)
-    try:
-        config = StyleGANConfig(**meta["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{directory / MODEL_JSON}: bad config ({e})") from None
-    contents = set(meta.get("contents", []))
-    expected = {"synthesis": nnx.to_pure_dict(_abstract_state(lambda: Synthesis(config, rngs=nnx.Rngs(0)))[1])}
+    generator = generator_from_dict(meta.get("architecture", ARCHITECTURE_BEFORE_VERSION_2), meta.get("config"),
+                                    str(directory / MODEL_JSON))
+    contents = meta.get("contents", [])
+    if not isinstance(contents, list):
+        raise CheckpointError(f"{directory / MODEL_JSON}: 'contents' must be a list of names, got {contents!r}")
+    expected = {"synthesis": generator.abstract_params("synthesis").pure()}
     if "mapping" in contents:
-        expected["mapping"] = nnx.to_pure_dict(
-            _abstract_state(lambda: Mapping(config.dlatent_size, rngs=nnx.Rngs(0)))[1])
+        expected["mapping"] = generator.abstract_params("mapping").pure()
     if "gaussian_fit" in contents:
-        shape = jax.ShapeDtypeStruct((config.dlatent_size,), jnp.float32)
+        shape = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
         expected["gaussian_fit"] = {"mean": shape, "std": shape}
     try:
         # Alone even in a job of several processes: each reads the whole model, and one whose peer
@@ -259,7 +238,7 @@ def load_model(directory: str | os.PathLike) -> Model:
             "damaged or were changed; convert the checkpoints again"
         )
     fit = tree.get("gaussian_fit")
-    return Model.from_arrays(config, tree["synthesis"], tree.get("mapping"),
+    return Model.from_arrays(generator.config, tree["synthesis"], tree.get("mapping"),
                              None if fit is None else (fit["mean"], fit["std"]))
 
 
@@ -270,14 +249,15 @@ def compute_gaussian_fit(model: Model, *, num_samples: int = 1_000_000, batch_si
     As the reference computes ``gaussian_fit``; batched, and combined in float64
     (Chan's parallel variance) so that a million samples lose no precision.
     """
-    if model.mapping_params is None:
+    if model.mapping is None:
         raise PulseJaxError("computing the gaussian fit needs the mapping network (--mapping mapping.pt)")
-    d = model.config.dlatent_size
+    d = model.generator.dlatent_size
+    generator = model.generator
 
     @jax.jit
     def batch_stats(params, key, n):
         z = jax.random.normal(key, (batch_size, d), jnp.float32)
-        w = nnx.merge(model.mapping_graphdef, params)(z, "highest")
+        w = generator.map(params, z)
         x = jnp.where(w >= 0, w, w * 5.0)  # slope 5 undoes the mapping's final slope 0.2
         valid = (jnp.arange(batch_size) < n)[:, None]
         mean = jnp.sum(jnp.where(valid, x, 0.0), 0) / n
@@ -288,7 +268,7 @@ def compute_gaussian_fit(model: Model, *, num_samples: int = 1_000_000, batch_si
     count, mean, m2 = 0, np.zeros(d), np.zeros(d)
     while count < num_samples:
         n = min(batch_size, num_samples - count)
-        stats = batch_stats(model.mapping_params, jax.random.fold_in(key, count), n)
+        stats = batch_stats(model.mapping, jax.random.fold_in(key, count), n)
         bm, bm2 = (np.asarray(a, np.float64) for a in stats)
         total = count + n
         delta = bm - mean

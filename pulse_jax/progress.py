@@ -44,3 +44,18 @@ class Progress:
         if self._tty and self.count >= self.total:
             self.stream.write("\n")
         self.stream.flush()
+
+
+def seed_step_progress(bar: Progress, then=None):
+    """An ``on_chunk`` for search(): advance ``bar`` by the seed-steps done, then call ``then(state)``."""
+    done_before = [0]
+
+    def on_chunk(done, state):
+        if done < done_before[0]:  # a new part of a search split after running out of memory
+            done_before[0] = 0
+        bar.update((done - done_before[0]) * state.step.size)  # state arrays are (N, S, ...)
+        done_before[0] = done
+        if then is not None:
+            then(state)
+
+    return on_chunk

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from pulse_jax.errors import CheckpointError
-from pulse_jax.stylegan import MAPPING_LAYERS, StyleGANConfig, block_name
+from pulse_jax.generators.stylegan1 import MAPPING_LAYERS, StyleGANConfig, block_name
+from pulse_jax.tree_check import check_shapes as _check_shapes
 
 BLUR_KERNEL = (np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0).astype(np.float32)[None, None]
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)x\1\.")
@@ -55,18 +56,7 @@ def expected_mapping_shapes(dlatent_size: int = 512) -> dict[str, tuple[int, ...
 
 def check_shapes(got: Mapping[str, tuple], expected: Mapping[str, tuple], what: str) -> None:
     """Raise naming every missing, unexpected and mis-shaped key."""
-    problems = [f"missing key {k} (expected shape {list(s)})" for k, s in expected.items() if k not in got]
-    problems += [f"unexpected key {k} (shape {list(s)})" for k, s in got.items() if k not in expected]
-    problems += [
-        f"key {k} has shape {list(got[k])}, expected {list(s)}"
-        for k, s in expected.items() if k in got and tuple(got[k]) != tuple(s)
-    ]
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise CheckpointError(
-            f"{what} does not match a PULSE StyleGAN v1 checkpoint ({len(problems)} problems):\n  "
-            + "\n  ".join(shown)
-        )
+    _check_shapes(got, expected, what, kind="a PULSE StyleGAN v1 checkpoint")
 
 
 def infer_synthesis_config(shapes: Mapping[str, tuple], what: str = "synthesis checkpoint") -> StyleGANConfig:

@@ -72,6 +72,23 @@ def test_upsample_is_reproducible_per_file(small_model_dir, tmp_path):
     assert np.abs(ia - ib).max() <= 1  # batched vs alone: float32 rounding at most flips a rounding
 
 
+def test_every_run_option_is_a_flag_and_is_reported(small_model_dir, tmp_path):
+    write_png(tmp_path / "x.png", 32, 5)
+    r = pulse_jax("upsample", tmp_path / "x.png", "--model", small_model_dir, "--out", tmp_path / "o", "--steps", "2",
+                  "--quiet", "--remat", "--step-loop", "device", "--chunk-steps", "1", "--shard", "off",
+                  "--devices", "1", "--transposed-conv", "dilated", "--precision", "default")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    options = report["run_options"]
+    assert {k: options[k] for k in ("remat", "step_loop", "chunk_steps", "shard", "transposed_conv", "precision")} \
+        == {"remat": True, "step_loop": "device", "chunk_steps": 1, "shard": False, "transposed_conv": "dilated",
+            "precision": "default"}
+    assert len(options["devices"]) == 1 and report["architecture"] == "stylegan1"
+    r = pulse_jax("upsample", tmp_path / "x.png", "--model", small_model_dir, "--out", tmp_path / "o2",
+                  "--devices", "99")
+    assert r.returncode == 2 and "--devices 99" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_user_errors_are_messages(tmp_path):
     r = pulse_jax("upsample", tmp_path / "none.png", "--model", tmp_path, "--out", tmp_path / "o")
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -86,11 +86,7 @@ def small_model_dir(small_checkpoints, gaussian_fit_file, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(gaussian_fit):
     """A cheap random generator (128 px) with the random gaussian fit, for tests of the machinery."""
-    from flax import nnx
-
     import pulse_jax as pj
 
-    fit = gaussian_fit
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
-    return pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
-                                gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
+    return model.with_gaussian_fit((gaussian_fit["mean"].numpy(), gaussian_fit["std"].numpy()))

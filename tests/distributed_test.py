@@ -137,18 +137,17 @@ GLOBAL_SEARCH = r"""
 import sys
 import jax
 import numpy as np
-from flax import nnx
 import pulse_jax as pj
 from pulse_jax.distributed import initialize
 group = initialize(sys.argv[1], 2, int(sys.argv[2]))
 assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
 m = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
-m = pj.Model.from_arrays(m.config, nnx.to_pure_dict(m.synthesis_params), gaussian_fit=(np.zeros(512, np.float32),
+m = pj.Model.from_arrays(m.config, m.synthesis.pure(), gaussian_fit=(np.zeros(512, np.float32),
                                                                      np.ones(512, np.float32)))
 config = pj.PulseConfig(steps=2)
 lr = np.random.default_rng(1).random((4, 16, 16, 3), dtype=np.float32)
-everywhere = pj.search(m, lr, config, seeds=2, key=jax.random.key(0), devices=jax.devices())
-here = pj.search(m, lr, config, seeds=2, key=jax.random.key(0), shard=False)
+everywhere = pj.search(m, lr, config, pj.RunOptions(devices=jax.devices()), seeds=2, key=jax.random.key(0))
+here = pj.search(m, lr, config, pj.RunOptions(shard=False), seeds=2, key=jax.random.key(0))
 assert everywhere.images.shape == (4, 2, 128, 128, 3)
 # The tolerances of sharding_test: one program per example either way, but convolutions partitioned
 # differently round differently, and Adam's first (almost sign(g)) update magnifies that.
@@ -158,7 +157,7 @@ assert np.abs(everywhere.images - here.images).mean() < 1e-3
 print("global search ok", group.index)
 mine = lr if group.index == 0 else lr[::-1]
 try:
-    pj.search(m, mine, config, seeds=2, devices=jax.devices())
+    pj.search(m, mine, config, pj.RunOptions(devices=jax.devices()), seeds=2)
     raise SystemExit("different inputs per process must be refused")
 except pj.PulseJaxError as e:
     assert "same images" in str(e)

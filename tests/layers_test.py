@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pulse_jax.layers import (
+from pulse_jax.generators.layers import (
     INSTANCE_NORM_EPS,
     adjoint_kernel,
     instance_norm_stats,

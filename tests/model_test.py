@@ -7,7 +7,6 @@ import json
 import chex
 import numpy as np
 import pytest
-from flax import nnx
 
 import pulse_jax as pj
 from pulse_jax.model import compute_gaussian_fit
@@ -16,8 +15,7 @@ from pulse_jax.model import compute_gaussian_fit
 def test_round_trip_is_exact(tmp_path):
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=3)
     fit = compute_gaussian_fit(model, num_samples=1000, batch_size=300)
-    model = pj.Model.from_arrays(model.config, nnx.to_pure_dict(model.synthesis_params),
-                                 nnx.to_pure_dict(model.mapping_params), fit)
+    model = model.with_gaussian_fit(fit)
     pj.save_model(model, tmp_path / "m")
     loaded = pj.load_model(tmp_path / "m")
     assert loaded.config == model.config
@@ -85,10 +83,49 @@ def test_not_a_model_directory(tmp_path):
 
 def test_from_arrays_names_every_mismatch():
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=0, with_mapping=False)
-    params = nnx.to_pure_dict(model.synthesis_params)
+    params = model.synthesis.pure()
     del params["torgb"]["bias"]
     params["blocks"]["8x8"]["conv1"]["kernel"] = np.zeros((1, 1, 1, 1), np.float32)
     with pytest.raises(pj.CheckpointError) as e:
         pj.Model.from_arrays(model.config, params)
-    assert "missing torgb/bias" in str(e.value)
-    assert "blocks/8x8/conv1/kernel is [1, 1, 1, 1], expected [3, 3, 64, 64]" in str(e.value)
+    assert "missing key torgb/bias (expected shape [3])" in str(e.value)
+    assert "key blocks/8x8/conv1/kernel has shape [1, 1, 1, 1], expected [3, 3, 64, 64]" in str(e.value)
+
+
+def test_model_json_names_the_architecture(saved):
+    meta = json.loads((saved / "model.json").read_text())
+    assert meta["format_version"] == 2 and meta["architecture"] == "stylegan1"
+    assert pj.load_model(saved).config.architecture == "stylegan1"
+
+
+def test_format_1_directories_read_as_stylegan1(saved):
+    """Written before the architecture field existed: no "architecture", format_version 1."""
+    model = pj.load_model(saved)
+    meta = json.loads((saved / "model.json").read_text())
+    del meta["architecture"]
+    meta["format_version"] = 1
+    (saved / "model.json").write_text(json.dumps(meta))
+    old = pj.load_model(saved)
+    assert old.config == model.config and old.generator.architecture == "stylegan1"
+    chex.assert_trees_all_equal(old.pure_params(), model.pure_params())
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"architecture": "stylegan9"}, "unknown architecture 'stylegan9'"),
+    ({"config": None}, "'config' must be an object"),
+    ({"config": {"resolution": 100}}, "bad config"),
+    ({"contents": "synthesis"}, "'contents' must be a list"),
+])
+def test_damaged_model_json_is_a_clear_refusal(saved, change, message):
+    meta = json.loads((saved / "model.json").read_text())
+    (saved / "model.json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(pj.CheckpointError, match=message):
+        pj.load_model(saved)
+
+
+def test_search_params_are_prepared_once_per_option():
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=0, with_mapping=False)
+    phases = model.search_params()
+    assert model.search_params() is phases
+    dilated = model.search_params(transposed_conv="dilated")
+    assert dilated is not phases and dilated.graphdef != phases.graphdef  # compiled apart, never confused

@@ -10,7 +10,7 @@ from conftest import save_checkpoint
 from reference import pulse_torch
 
 import pulse_jax as pj
-from pulse_jax import latent_search as search_module
+from pulse_jax.latent_search import programs
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def run_both(model, sd, fit, config, lr, init, torch_dtype=torch.float32):
     """Our search and the torch loop (in ``torch_dtype``) from the same start; histories (steps, N*S) each."""
     n, s = init.latent.shape[:2]
     result = pj.search(model, lr, config, seeds=s, init=init)
-    zero = set(config.zero_layers(model.num_layers))
+    zero = set(config.zero_layers(len(model.noise_shapes())))
     noise = [torch.from_numpy(np.where(i in zero, 0.0, x).reshape(n * s, 1, *x.shape[2:])).to(torch_dtype)
              for i, x in enumerate(init.noise)]
     ref_lr = torch.from_numpy(np.repeat(lr, s, axis=0)).permute(0, 3, 1, 2).contiguous().to(torch_dtype)
@@ -39,7 +39,7 @@ def run_both(model, sd, fit, config, lr, init, torch_dtype=torch.float32):
     fit = tuple(t.to(torch_dtype) for t in fit)
     loss, l2, latent, _ = pulse_torch.run(
         sd, fit, ref_lr, torch.from_numpy(init.latent.reshape(n * s, *init.latent.shape[2:])).to(torch_dtype), noise,
-        loss_str=config.loss_str, eps=config.eps, trainable_layers=config.trainable_layers(model.num_layers),
+        loss_str=config.loss_str, eps=config.eps, trainable_layers=config.trainable_layers(len(model.noise_shapes())),
         opt_name=config.opt_name, learning_rate=config.learning_rate, steps=config.steps,
         lr_schedule=config.lr_schedule)
     return result, loss.numpy(), l2.numpy(), latent.numpy()
@@ -72,7 +72,7 @@ def test_short_run_follows_reference(small):
     model, sd, fit = small
     lr = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=5)
-    init = random_init(model, 2, 2, model.num_layers)
+    init = random_init(model, 2, 2, model.num_ws)
     result, loss, l2, _ = run_both(model, sd, fit, config, lr, init)
     ours, ours_l2 = result.loss_history.reshape(5, 4), result.l2_history.reshape(5, 4)
     assert_follows(ours, loss)
@@ -85,7 +85,7 @@ def test_long_run_stays_close_to_reference(small):
     model, sd, fit = small
     lr = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=40)
-    result, loss, _, _ = run_both(model, sd, fit, config, lr, random_init(model, 1, 2, model.num_layers, 3))
+    result, loss, _, _ = run_both(model, sd, fit, config, lr, random_init(model, 1, 2, model.num_ws, 3))
     ours = result.loss_history.reshape(40, 2)
     assert rel(ours, loss).max() < 0.1
     assert np.all(ours[-1] < 0.5 * ours[0])
@@ -96,7 +96,7 @@ def test_other_optimisers_follow_reference(small, opt_name):
     model, sd, fit = small
     lr = np.random.default_rng(4).random((1, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=4, opt_name=opt_name, learning_rate=0.1 if opt_name != "adamax" else 0.4)
-    result, loss, _, latent = run_both(model, sd, fit, config, lr, random_init(model, 1, 2, model.num_layers, 5))
+    result, loss, _, latent = run_both(model, sd, fit, config, lr, random_init(model, 1, 2, model.num_ws, 5))
     assert_follows(result.loss_history.reshape(4, 2), loss)
     if opt_name != "adamax":  # linear in the gradient: the latents agree element by element
         np.testing.assert_allclose(result.latent.reshape(latent.shape), latent, atol=1e-3)
@@ -112,7 +112,7 @@ def test_variants_follow_reference(small, kwargs):
     model, sd, fit = small
     lr = np.random.default_rng(6).random((1, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=4, **kwargs)
-    rows = 1 if config.tile_latent else model.num_layers
+    rows = 1 if config.tile_latent else model.num_ws
     result, loss, _, _ = run_both(model, sd, fit, config, lr, random_init(model, 1, 2, rows, 7))
     assert_follows(result.loss_history.reshape(4, 2), loss)
     assert result.latent.shape == (1, 2, rows, 512)
@@ -157,12 +157,12 @@ def test_results_are_what_they_claim(tiny):
     np.testing.assert_array_equal(r.success, r.l2_history.min(0) <= 0.05)
     # The returned image is the generator's output for the searched values: with a negligible learning
     # rate every step holds the start values, so it must equal a direct synthesis of them.
-    init = random_init(model, 1, 1, model.num_layers, 12)
+    init = random_init(model, 1, 1, model.num_ws, 12)
     still = pj.search(model, lr[:1], pj.PulseConfig(steps=2, learning_rate=1e-12), init=init)
     mean, std = model.gaussian_fit
     z = init.latent[0] * np.asarray(std) + np.asarray(mean)
     w = np.where(z >= 0, z, 0.2 * z)
-    noise = [x[0] * (i != model.num_layers - 1) for i, x in enumerate(init.noise)]
+    noise = [x[0] * (i != model.num_ws - 1) for i, x in enumerate(init.noise)]
     direct = np.clip((np.asarray(model.synthesize(w, noise)) + 1) / 2, 0, 1)
     # 1e-4: float32 rounding through the network and the 1e-12 updates (measured 1.3e-5); a
     # wrong w mapping or noise placement is off by tenths.
@@ -198,8 +198,8 @@ def test_step_loop_on_device_equals_host_loop(tiny):
     9%, so 1e-2 still tells a wrong step from rounding."""
     lr = np.random.default_rng(9).random((1, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=3)
-    a = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(3), step_loop="device", chunk_steps=2)
-    b = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(3), step_loop="host", chunk_steps=2)
+    a = pj.search(tiny, lr, config, pj.RunOptions(step_loop="device", chunk_steps=2), seeds=2, key=jax.random.key(3))
+    b = pj.search(tiny, lr, config, pj.RunOptions(step_loop="host", chunk_steps=2), seeds=2, key=jax.random.key(3))
     np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-5)
     np.testing.assert_allclose(a.images, b.images, atol=1e-2)
 
@@ -209,14 +209,14 @@ def test_step_loop_on_device_needs_no_more_memory_than_one_step(tiny):
     hoisted each fixed noise map times its per-channel weights out of the loop and kept those C-times-
     larger products through it (+32% temporaries here, +40% at 1024 px) until the loop body's state went
     through an optimisation barrier. 5% allows for buffer assignment's own differences (measured 0.2%)."""
-    one, loop = (search_module.compile_step_program(tiny, 4, 16, step_loop=where).memory_analysis()
+    one, loop = (programs.compile_step_program(tiny, 4, 16, pj.RunOptions(step_loop=where)).memory_analysis()
                  for where in ("host", "device"))
     assert loop.temp_size_in_bytes <= 1.05 * one.temp_size_in_bytes, (loop.temp_size_in_bytes, one.temp_size_in_bytes)
 
 
 def test_diverged_seed_is_stopped_and_others_go_on(tiny):
     lr = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
-    init = random_init(tiny, 1, 3, tiny.num_layers, 4)
+    init = random_init(tiny, 1, 3, tiny.num_ws, 4)
     poisoned = pj.SearchInit(init.latent.copy(), init.noise)
     poisoned.latent[0, 1, 3, 7] = np.nan
     config = pj.PulseConfig(steps=3)
@@ -241,11 +241,11 @@ def test_second_search_does_not_recompile(tiny):
     model = tiny
     lr = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=4)
-    pj.search(model, lr, config, seeds=2, key=jax.random.key(0), chunk_steps=3)
-    compiled = (search_module._init, search_module._run_steps, search_module._run_one_step, search_module._images)
+    pj.search(model, lr, config, pj.RunOptions(chunk_steps=3), seeds=2, key=jax.random.key(0))
+    compiled = programs.PROGRAMS
     sizes = [f._cache_size() for f in compiled]
     assert sum(sizes) >= 3
-    pj.search(model, lr * 0.5, config, seeds=2, key=jax.random.key(1), chunk_steps=3)
+    pj.search(model, lr * 0.5, config, pj.RunOptions(chunk_steps=3), seeds=2, key=jax.random.key(1))
     assert [f._cache_size() for f in compiled] == sizes
 
 
@@ -285,13 +285,13 @@ def test_remat_changes_nothing_but_memory(tiny):
     lr = np.random.default_rng(11).random((1, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=2)
     plain = pj.search(tiny, lr, config, seeds=4, key=jax.random.key(2))
-    remat = pj.search(tiny, lr, config, seeds=4, key=jax.random.key(2), remat=True)
+    remat = pj.search(tiny, lr, config, pj.RunOptions(remat=True), seeds=4, key=jax.random.key(2))
     np.testing.assert_allclose(remat.loss_history[0], plain.loss_history[0], rtol=1e-6)
     np.testing.assert_allclose(remat.loss_history, plain.loss_history, rtol=1e-5)
 
 
 def test_seed_groups_cover_every_seed_once_in_near_equal_groups():
-    from pulse_jax.latent_search import CPU_PIXELS_PER_CALL, seed_groups
+    from pulse_jax.latent_search.programs import CPU_PIXELS_PER_CALL, seed_groups
 
     assert seed_groups(4, 1, 1024) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert seed_groups(16, 1, 256) == [(0, 16)]
@@ -310,14 +310,13 @@ def test_seeds_run_in_groups_equal_seeds_run_together(tiny, monkeypatch):
     same search. A batch of 1 and a batch of 3 are compiled apart and round differently, so this is
     compared like two implementations (assert_follows: measured 2e-5 after two updates) and the images
     as in test_step_loop_on_device_equals_host_loop."""
-    from pulse_jax import latent_search
-
     lr = np.random.default_rng(9).random((2, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=3)
     seen = []
-    together = pj.search(tiny, lr, config, seeds=3, key=jax.random.key(3), step_loop="host")
-    monkeypatch.setattr(latent_search, "CPU_PIXELS_PER_CALL", 2 * 128 * 128)  # one seed of 2 images
-    grouped = pj.search(tiny, lr, config, seeds=3, key=jax.random.key(3), step_loop="host", chunk_steps=2,
+    together = pj.search(tiny, lr, config, pj.RunOptions(step_loop="host"), seeds=3, key=jax.random.key(3))
+    monkeypatch.setattr(programs, "CPU_PIXELS_PER_CALL", 2 * 128 * 128)  # one seed of 2 images
+    grouped = pj.search(tiny, lr, config, pj.RunOptions(step_loop="host", chunk_steps=2), seeds=3,
+                        key=jax.random.key(3),
                         on_chunk=lambda done, state: seen.append((done, state.loss_history.shape)))
     assert seen == [(2, (2, 3, 3)), (3, (2, 3, 3))]  # progress sees every seed
     for field in ("loss_history", "l2_history"):
@@ -325,3 +324,15 @@ def test_seeds_run_in_groups_equal_seeds_run_together(tiny, monkeypatch):
     np.testing.assert_allclose(grouped.min_l2, together.min_l2, rtol=3e-3)
     np.testing.assert_allclose(grouped.images, together.images, atol=1e-2)
     np.testing.assert_array_equal(grouped.best_step, together.best_step)
+
+
+def test_run_options_are_validated():
+    for bad, message in [({"precision": "fp8"}, "precision must be one of"),
+                         ({"step_loop": "gpu"}, "step_loop must be one of"),
+                         ({"chunk_steps": 0}, "chunk_steps must be a positive integer"),
+                         ({"transposed_conv": "fft"}, "transposed_conv must be one of"),
+                         ({"devices": []}, "devices is empty")]:
+        with pytest.raises(pj.PulseJaxError, match=message):
+            pj.RunOptions(**bad)
+    assert pj.RunOptions(devices=jax.devices()).devices == tuple(jax.devices())  # hashable
+    hash(pj.RunOptions(devices=jax.devices()))

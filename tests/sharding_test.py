@@ -13,20 +13,19 @@ ROOT = Path(__file__).parents[1]
 SCRIPT = r"""
 import sys; sys.path.insert(0, "tests")
 import jax, numpy as np
-from flax import nnx
 import pulse_jax as pj
-from pulse_jax import latent_search
+from pulse_jax.latent_search.placement import placement
 from reference.stylegan_torch import random_gaussian_fit
 assert len(jax.devices()) == 8, jax.devices()
 fit = random_gaussian_fit()
 m = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
-m = pj.Model.from_arrays(m.config, nnx.to_pure_dict(m.synthesis_params),
+m = pj.Model.from_arrays(m.config, m.synthesis.pure(),
                          gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
 config = pj.PulseConfig(steps=2)
 for n, s in ((8, 1), (2, 8)):
     lr = np.random.default_rng(n).random((n, 16, 16, 3), dtype=np.float32)
-    one = pj.search(m, lr, config, seeds=s, key=jax.random.key(0), shard=False)
-    many = pj.search(m, lr, config, seeds=s, key=jax.random.key(0), shard=True)
+    one = pj.search(m, lr, config, pj.RunOptions(shard=False), seeds=s, key=jax.random.key(0))
+    many = pj.search(m, lr, config, pj.RunOptions(shard=True), seeds=s, key=jax.random.key(0))
     assert len(many.images) == n
     # Same program per example, but partitioned convolutions round differently: step 0 (one forward
     # pass) agrees to rounding; after Adam's first, almost sign(g), update near-zero gradient
@@ -36,15 +35,15 @@ for n, s in ((8, 1), (2, 8)):
     assert np.abs(many.images - one.images).mean() < 1e-3
     print("sharded", n, s, "ok")
     if n == 8:  # on the devices asked for: two of the eight
-        two = pj.search(m, lr, config, seeds=s, key=jax.random.key(0), devices=jax.devices()[:2])
+        two = pj.search(m, lr, config, pj.RunOptions(devices=jax.devices()[:2]), seeds=s, key=jax.random.key(0))
         np.testing.assert_allclose(two.loss_history, one.loss_history, rtol=1e-3)
         print("two devices ok")
 chosen = jax.devices()[2:4]
-assert list(latent_search._placement(8, 1, None, chosen).example_sharding.mesh.devices.flat) == chosen
+assert list(placement(8, 1, None, chosen).example_sharding.mesh.devices.flat) == chosen
 # Not splittable: one of the devices asked for, not the default device.
-assert list(latent_search._placement(3, 3, None, chosen).example_sharding.mesh.devices.flat) == chosen[:1]
+assert list(placement(3, 3, None, chosen).example_sharding.mesh.devices.flat) == chosen[:1]
 try:
-    pj.search(m, np.zeros((3, 16, 16, 3), np.float32), config, seeds=3, shard=True)
+    pj.search(m, np.zeros((3, 16, 16, 3), np.float32), config, pj.RunOptions(shard=True), seeds=3)
     raise SystemExit("an uneven split must be refused")
 except pj.PulseJaxError as e:
     assert "multiple of the device count" in str(e)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import pulse_jax as pj
+from pulse_jax import batching
 from pulse_jax import upsample as upsample_module
 from pulse_jax.latent_search import search as real_search
-from pulse_jax.upsample import upsample_files
+from pulse_jax.upsample import OutputOptions, upsample_files
 
 
 def mixed_folder(root):
@@ -26,8 +26,11 @@ def mixed_folder(root):
 
 
 def run(model, inputs, out, **kw):
+    """upsample_files, quiet; OutputOptions' fields may be given as keywords."""
     kw.setdefault("config", pj.PulseConfig(steps=2))
-    return upsample_files(model, inputs, out, kw.pop("config"), show_progress=False, log=lambda m: None, **kw)
+    outputs = {f: kw.pop(f) for f in ("all_seeds", "save_intermediate", "overwrite") if f in kw}
+    return upsample_files(model, inputs, out, kw.pop("config"), outputs=OutputOptions(**outputs),
+                          show_progress=False, log=lambda m: None, **kw)
 
 
 def test_mixed_folder_and_rerun(tiny, tmp_path):
@@ -64,15 +67,15 @@ def test_out_of_memory_splits_and_gives_the_same_results(tiny, tmp_path, monkeyp
     """A device that fits one image x one seed: the work is halved until it fits, keys unchanged."""
     calls = []
 
-    def small_device(model, lr, config, *, seeds, seed_offset=0, **kw):
+    def small_device(model, lr, config, options, *, seeds, seed_offset=0, **kw):
         calls.append((lr.shape[0], seeds))
         if lr.shape[0] * seeds > 1:
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB")
-        return real_search(model, lr, config, seeds=seeds, seed_offset=seed_offset, **kw)
+        return real_search(model, lr, config, options, seeds=seeds, seed_offset=seed_offset, **kw)
 
     inputs = mixed_folder(tmp_path)[:2]
     whole = run(tiny, inputs, tmp_path / "whole", seeds=2, batch_size=2)
-    monkeypatch.setattr(upsample_module, "search", small_device)
+    monkeypatch.setattr(batching, "search", small_device)
     split = run(tiny, inputs, tmp_path / "split", seeds=2, batch_size=2)
     assert calls[0] == (2, 2) and (1, 1) in calls
     for a, b in zip(whole["inputs"], split["inputs"], strict=True):
@@ -83,7 +86,7 @@ def test_out_of_memory_with_nothing_left_to_split_is_a_message(tiny, tmp_path, m
     def no_memory(*a, **kw):
         raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
 
-    monkeypatch.setattr(upsample_module, "search", no_memory)
+    monkeypatch.setattr(batching, "search", no_memory)
     with pytest.raises(pj.PulseJaxError, match="largest batch that fits is none"):
         run(tiny, mixed_folder(tmp_path)[:1], tmp_path / "o")
 
@@ -93,17 +96,17 @@ def test_what_did_not_fit_is_not_tried_again(tiny, tmp_path, monkeypatch):
     costs a compile and an allocation. The split is said once."""
     calls, said = [], []
 
-    def two_examples_fit(model, lr, config, *, seeds, seed_offset=0, **kw):
+    def two_examples_fit(model, lr, config, options, *, seeds, seed_offset=0, **kw):
         calls.append((lr.shape[0], seeds))
         if lr.shape[0] * seeds > 2:
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB")
-        return real_search(model, lr, config, seeds=seeds, seed_offset=seed_offset, **kw)
+        return real_search(model, lr, config, options, seeds=seeds, seed_offset=seed_offset, **kw)
 
     d = tmp_path / "in"
     d.mkdir()
     for i in range(4):
         Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(d / f"face{i}.png")
-    monkeypatch.setattr(upsample_module, "search", two_examples_fit)
+    monkeypatch.setattr(batching, "search", two_examples_fit)
     report = upsample_files(tiny, sorted(d.iterdir()), tmp_path / "out", pj.PulseConfig(steps=2), seeds=2,
                             batch_size=2, show_progress=False, log=said.append)
     assert calls == [(2, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
@@ -131,23 +134,6 @@ def test_same_stem_twice_is_refused(tiny, tmp_path):
     assert len(report["inputs"]) == 1 and "same output name" in report["failed"][0]["error"]
 
 
-def test_default_batch_keeps_every_device_busy():
-    assert upsample_module.default_batch_size(seeds=8, devices=8) == 1   # the seeds split
-    assert upsample_module.default_batch_size(seeds=4, devices=8) == 8   # the images split
-    assert upsample_module.default_batch_size(seeds=3, devices=1) == 1
-    # On accelerators, about 32 examples (inputs x seeds) per device, where throughput stops growing.
-    assert upsample_module.default_batch_size(seeds=1, devices=1, backend="gpu") == 32
-    assert upsample_module.default_batch_size(seeds=4, devices=1, backend="gpu") == 8
-    assert upsample_module.default_batch_size(seeds=64, devices=1, backend="gpu") == 1
-    assert upsample_module.default_batch_size(seeds=8, devices=8, backend="gpu") == 32  # 32 x 1 seed each
-    assert upsample_module.default_batch_size(seeds=3, devices=2, backend="tpu") == 20  # 10 x 3 each
-    items = list(range(10))
-    assert upsample_module.batches(items, 4, seeds=1, devices=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]
-    assert upsample_module.batches(items, 4, seeds=4, devices=4)[-1] == [8, 9]  # the seeds split: kept
-    assert upsample_module.batches(items, 4, seeds=1, devices=1)[-1] == [8, 9]
-    assert upsample_module.batches([], 4, seeds=1, devices=4) == []
-
-
 @pytest.mark.parametrize(("seeds", "batch_size", "said"),
                          [(3, 1, True), (4, 1, False), (1, 2, False), (3, None, False)])
 def test_says_when_devices_would_sit_idle(tiny, tmp_path, monkeypatch, seeds, batch_size, said):
@@ -158,20 +144,6 @@ def test_says_when_devices_would_sit_idle(tiny, tmp_path, monkeypatch, seeds, ba
     assert any("runs on one device" in m for m in logged) == said
 
 
-def test_stale_part_reports_are_read_newest_first_then_removed(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    entry = {"input": "a", "run_key": "old", "outputs": {}}
-    (out / "report.json").write_text(json.dumps({"inputs": [entry]}))
-    part = out / "report.part1of2.json"
-    part.write_text(json.dumps({"inputs": [dict(entry, run_key="newer")]}))
-    later = (out / "report.json").stat().st_mtime_ns + 10**9  # newer even where timestamps are coarse
-    os.utime(part, ns=(later, later))
-    assert upsample_module.load_previous(out)["a"]["run_key"] == "newer"  # written after report.json
-    upsample_module.remove_parts(out)
-    assert not part.exists() and upsample_module.load_previous(out)["a"]["run_key"] == "old"
-
-
 def test_stop_drops_the_batch_being_searched_and_keeps_the_rest(tiny, tmp_path, monkeypatch):
     """``stop`` set while the second input searches: the first stays done, the second is not written,
     the report says stopped; the same call again does only the second."""
@@ -180,21 +152,21 @@ def test_stop_drops_the_batch_being_searched_and_keeps_the_rest(tiny, tmp_path, 
     stop = threading.Event()
     searched = []
 
-    def stop_during_second(model, lr, config, **kw):
+    def stop_during_second(model, lr, config, options, **kw):
         searched.append(lr.shape[0])
         if len(searched) == 2:
             stop.set()  # as a signal handler would, while this search runs
-        return real_search(model, lr, config, **kw)
+        return real_search(model, lr, config, options, **kw)
 
     inputs = mixed_folder(tmp_path)[:2]
     out = tmp_path / "out"
-    monkeypatch.setattr(upsample_module, "search", stop_during_second)
+    monkeypatch.setattr(batching, "search", stop_during_second)
     report = run(tiny, inputs, out, config=pj.PulseConfig(steps=4), stop=stop)
     assert report["stopped"] and [e["input"] for e in report["inputs"]] == ["a"]
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "a.png").is_file() and not (out / "b.png").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # nothing half-written
-    monkeypatch.setattr(upsample_module, "search", real_search)
+    monkeypatch.setattr(batching, "search", real_search)
     again = run(tiny, inputs, out, config=pj.PulseConfig(steps=4))
     assert "stopped" not in again and again["skipped"] == ["a"] and (out / "b.png").is_file()
 
@@ -206,19 +178,3 @@ def test_stop_before_the_start_searches_nothing(tiny, tmp_path):
     stop.set()
     report = run(tiny, mixed_folder(tmp_path)[:1], tmp_path / "out", stop=stop)
     assert report["stopped"] and not report["inputs"] and not (tmp_path / "out" / "a.png").exists()
-
-
-def test_a_stopped_part_makes_the_merged_report_stopped(tmp_path):
-    from pulse_jax.distributed import ProcessGroup
-
-    out = tmp_path / "out"
-    out.mkdir()
-    group = ProcessGroup(index=0, count=2, job="j")
-    for k, stopped in enumerate((False, True)):
-        entry = {"input": f"x{k}", "outputs": {"sheet": f"x{k}_sheet.png"}, "best_seed": 0, "success": True,
-                 "seeds": [{"seed": 0, "min_l2": 0.0, "best_loss": 0.0, "best_step": 0}]}
-        part = {"job": "j", "inputs": [entry], "failed": [], "skipped": []}
-        (out / upsample_module.part_name(k, 2)).write_text(json.dumps(dict(part, stopped=True) if stopped else part))
-    merged = upsample_module.merge_parts(out, group)
-    assert merged["stopped"] and [e["input"] for e in merged["inputs"]] == ["x0", "x1"] and not merged["failed"]
-    assert "stopped before the end" in (out / "index.html").read_text()

@@ -10,8 +10,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from pulse_jax import winograd
-from pulse_jax.layers import Conv
+from pulse_jax.generators import winograd
+from pulse_jax.generators.layers import Conv
 
 
 def direct(x, k):

@@ -1,4 +1,4 @@
-"""StyleGAN v1 synthesis and mapping networks (the generator PULSE searches).
+"""StyleGAN v1 (the generator PULSE searches): its config, synthesis and mapping networks, and family.
 
 Formulas: shared/docs/pulse-reference.md. Layout inside: NHWC. Parameter names
 follow the PULSE state dict (``blocks/8x8/conv0_up/kernel`` for
@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pulse_jax import layers
-from pulse_jax.layers import (
+from pulse_jax.generators.base import Generator
+from pulse_jax.generators.layers import (
+    TRANSPOSED_CONV_IMPLS,
     Conv,
     Dense,
     Epilogue,
@@ -57,6 +59,8 @@ class StyleGANConfig:
     def log2_resolution(self) -> int:
         return int(math.log2(self.resolution))
 
+    architecture: ClassVar[str] = "stylegan1"
+
     @property
     def num_layers(self) -> int:
         """Style inputs / noise maps: 2 per block, 18 at 1024."""
@@ -72,9 +76,9 @@ class StyleGANConfig:
         """Channels of the block at resolution ``res`` (2**k has nf(k-1))."""
         return self.channels(int(math.log2(res)) - 1)
 
-    def noise_shapes(self) -> list[tuple[int, int]]:
+    def noise_shapes(self) -> tuple[tuple[int, int], ...]:
         """Layer i's noise map side is 2**(i//2 + 2)."""
-        return [(2 ** (i // 2 + 2),) * 2 for i in range(self.num_layers)]
+        return tuple((2 ** (i // 2 + 2),) * 2 for i in range(self.num_layers))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,11 +139,13 @@ class UpBlock(nnx.Module):
         self.epi2 = Epilogue(c_out, dlatent_size, rngs=rngs)
         self.phases = nnx.data(None)  # set by prepare_for_search
         self.phases_adjoint = nnx.data(None)
+        self.transposed_conv = "phases"  # the fused upsampling's form when phases is None (layers)
 
-    def prepare_for_search(self, winograd: bool = False) -> None:
+    def prepare_for_search(self, winograd: bool = False, transposed_conv: str = "phases") -> None:
         # The upsampling convolution as one 2x2 phase convolution of the small input (layers.phase_conv):
         # its phase kernel and that kernel's adjoint replace conv0_up's kernel.
-        if self.fused and layers.TRANSPOSED_CONV_IMPL != "phases":  # the dilated form, to compare on a device
+        if self.fused and transposed_conv != "phases":  # the dilated form, to compare on a device
+            self.transposed_conv = transposed_conv
             self.conv0_up.prepare_for_search()
         else:
             kernel = self.conv0_up.scaled_kernel()
@@ -155,7 +161,7 @@ class UpBlock(nnx.Module):
             x = phase_conv(x, self.phases[...], precision, self.phases_adjoint[...])
         elif self.fused:
             k4 = fused_upsample_kernel(self.conv0_up.scaled_kernel())
-            x = conv_transpose_2x(x, k4, precision)
+            x = conv_transpose_2x(x, k4, precision, self.transposed_conv)
         else:
             x = self.conv0_up(upsample_nearest_2x(x), precision, add_bias=False)
         x = blur(x) + per_channel(self.conv0_up.bias[...], x.ndim)
@@ -182,15 +188,22 @@ class Synthesis(nnx.Module):
         self.blocks = nnx.Dict(blocks)
         self.torgb = Conv(config.block_channels(config.resolution), 3, 1, gain=1.0, rngs=rngs)
 
-    def prepare_for_search(self, winograd: bool | None = None) -> None:
+    def prepare_for_search(self, winograd: bool | None = None, transposed_conv: str = "phases") -> None:
         """In place: every kernel in the form a search step uses (layers.Prepared); same function.
         ``winograd``: the 3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3) (default:
-        on a CPU, where it pays; see use_winograd)."""
+        on a CPU, where it pays; see use_winograd). ``transposed_conv``: the fused upsampling as one
+        2x2 phase convolution ("phases") or as a dilated convolution ("dilated", to compare on a device)."""
+        if transposed_conv not in TRANSPOSED_CONV_IMPLS:
+            raise ValueError(f"transposed_conv must be one of {sorted(TRANSPOSED_CONV_IMPLS)}, got {transposed_conv!r}")
         if winograd is None:
             winograd = jax.default_backend() == "cpu"
         for res in self.config.block_resolutions():
             channels = self.config.block_channels(res)
-            self.blocks[block_name(res)].prepare_for_search(winograd and use_winograd(res, channels))
+            block = self.blocks[block_name(res)]
+            if res == 4:
+                block.prepare_for_search(winograd and use_winograd(res, channels))
+            else:
+                block.prepare_for_search(winograd and use_winograd(res, channels), transposed_conv)
         self.torgb.prepare_for_search()
 
     def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest",
@@ -226,3 +239,24 @@ class Mapping(nnx.Module):
         for i in range(MAPPING_LAYERS):
             x = leaky_relu(getattr(self, f"dense{i}")(x, precision))
         return x
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGAN1(Generator):
+    """StyleGAN v1 behind the generator interface: one W+ row and one noise map per layer."""
+
+    config: StyleGANConfig
+    architecture: ClassVar[str] = StyleGANConfig.architecture
+
+    def synthesis_module(self, rngs: nnx.Rngs) -> Synthesis:
+        return Synthesis(self.config, rngs=rngs)
+
+    def mapping_module(self, rngs: nnx.Rngs) -> Mapping:
+        return Mapping(self.config.dlatent_size, rngs=rngs)
+
+    @property
+    def num_ws(self) -> int:
+        return self.config.num_layers
+
+    def noise_shapes(self) -> tuple[tuple[int, int], ...]:
+        return self.config.noise_shapes()

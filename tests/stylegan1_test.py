@@ -18,7 +18,7 @@ from reference import stylegan_torch as ref
 import pulse_jax as pj
 from convert.pulse import convert
 from pulse_jax import pulse_format
-from pulse_jax.stylegan import PRESETS
+from pulse_jax.generators.stylegan1 import PRESETS
 
 # Relative to the output's std. Two float32 implementations of the same 18-layer
 # network differ by rounding only: measured 1.3e-4 max / 3.6e-6 mean at 1024 and
@@ -107,7 +107,7 @@ def test_prepared_for_search_is_the_same_function(small_checkpoints):
     sd = small_checkpoints["synthesis"]
     config, params = pulse_format.synthesis_params({k: v.numpy() for k, v in sd.items()})
     model = pj.Model.from_arrays(config, params)
-    graphdef, prepared = model.search_synthesis
+    prepared = model.search_params().state
     kinds = {type(v).__name__ for path, v in nnx.to_flat_state(prepared) if path[-1] == "kernel"}
     assert kinds == {"Prepared"}, kinds
     w, noise = random_inputs(config, 2, seed=9)
@@ -119,7 +119,7 @@ def test_prepared_for_search_is_the_same_function(small_checkpoints):
     # two agree to ~1e-12; a tap or phase out of place, or a wrong adjoint, is off by the whole std.
     with jax.enable_x64(True):
         as64 = functools.partial(jax.tree.map, lambda a: jnp.asarray(a, jnp.float64))
-        module = nnx.merge(model.synthesis_graphdef, as64(model.synthesis_params))
+        module = nnx.merge(model.synthesis.graphdef, as64(model.synthesis.state))
         checkpoint_form = nnx.split(module)
         module.prepare_for_search()
         prepared_form = nnx.split(module)
@@ -140,7 +140,7 @@ def test_prepared_for_search_is_the_same_function(small_checkpoints):
 
 def test_transposed_conv_forms_agree_with_torch():
     """Both forms of the fused upsampling equal torch's conv_transpose2d(stride 2, padding 1)."""
-    from pulse_jax.layers import TRANSPOSED_CONV_IMPLS
+    from pulse_jax.generators.layers import TRANSPOSED_CONV_IMPLS
 
     x = np.random.default_rng(0).standard_normal((2, 5, 7, 3)).astype(np.float32)
     k4 = np.random.default_rng(1).standard_normal((4, 4, 3, 6)).astype(np.float32)
@@ -167,7 +167,7 @@ def test_both_upsampling_paths_are_used_and_differ():
     model = pj.Model.random(PRESETS["tiny_128"], seed=0)
     fused = {name: b.fused for name, b in model_blocks(model).items() if name != "4x4"}
     assert fused == {"8x8": False, "16x16": False, "32x32": False, "64x64": False, "128x128": True}
-    from pulse_jax.layers import conv_transpose_2x_dilated, fused_upsample_kernel, upsample_nearest_2x
+    from pulse_jax.generators.layers import conv_transpose_2x_dilated, fused_upsample_kernel, upsample_nearest_2x
 
     x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
     k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
@@ -179,17 +179,17 @@ def test_both_upsampling_paths_are_used_and_differ():
 
 
 def model_blocks(model):
-    return nnx.merge(model.synthesis_graphdef, model.synthesis_params).blocks
+    return model.synthesis.module().blocks
 
 
 def test_params_are_arguments_not_constants():
     """Changing the params changes the output without a second compile."""
     model = pj.Model.random(PRESETS["tiny_128"], seed=0)
-    fn = jax.jit(chex.assert_max_traces(model.synthesis_fn(), n=1))
-    w = jnp.ones((1, model.num_layers, 512))
-    noise = [jnp.zeros((1, *s)) for s in model.config.noise_shapes()]
-    a = fn(model.synthesis_params, w, noise)
-    other = jax.tree_util.tree_map(lambda p: p * 1.5, model.synthesis_params)
+    fn = jax.jit(chex.assert_max_traces(lambda params, w, noise: model.generator.synthesize(params, w, noise), n=1))
+    w = jnp.ones((1, model.num_ws, 512))
+    noise = [jnp.zeros((1, *s)) for s in model.noise_shapes()]
+    a = fn(model.synthesis, w, noise)
+    other = jax.tree_util.tree_map(lambda p: p * 1.5, model.synthesis)
     b = fn(other, w, noise)
     assert float(jnp.abs(a - b).max()) > 1e-3
 
@@ -218,10 +218,23 @@ def test_bfloat16_mode_is_close_but_not_float32():
     """bf16 operands, float32 accumulation and output: ~1% of the std off on average (bf16 has 8 bits of
     mantissa, and 12 normalised layers amplify), never a different picture."""
     model = pj.Model.random(PRESETS["tiny_128"], seed=0, with_mapping=False)
-    w = jax.random.normal(jax.random.key(0), (2, model.num_layers, 512))
+    w = jax.random.normal(jax.random.key(0), (2, model.num_ws, 512))
     noise = [jax.random.normal(jax.random.key(i + 1), (2, *s)) for i, s in enumerate(model.config.noise_shapes())]
     a = np.asarray(model.synthesize(w, noise))
     b = model.synthesize(w, noise, precision="bfloat16")
     assert b.dtype == jnp.float32
     err = np.abs(np.asarray(b) - a) / a.std()
     assert 1e-4 < err.mean() < 5e-2
+
+
+def test_both_transposed_conv_forms_give_the_same_search(tiny):
+    """RunOptions.transposed_conv reaches the generator's preparation (not a module global): the fused
+    upsampling as phases or dilated is the same function, so the first step's loss agrees to float32
+    rounding (measured 1e-7; 1e-5), and the two are compiled as two programs."""
+    lr = np.random.default_rng(0).random((1, 16, 16, 3), dtype=np.float32)
+    config = pj.PulseConfig(steps=1)
+    a = pj.search(tiny, lr, config, pj.RunOptions(transposed_conv="phases"), key=jax.random.key(0))
+    b = pj.search(tiny, lr, config, pj.RunOptions(transposed_conv="dilated"), key=jax.random.key(0))
+    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-5)
+    blocks = tiny.search_params(transposed_conv="dilated").module().blocks
+    assert blocks["128x128"].transposed_conv == "dilated" and blocks["128x128"].phases is None

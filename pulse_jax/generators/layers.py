@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from pulse_jax import winograd as winograd_conv
+from pulse_jax.generators import winograd as winograd_conv
 
 LEAKY_SLOPE = 0.2
 INSTANCE_NORM_EPS = 1e-5
@@ -106,7 +106,7 @@ class Conv(nnx.Module):
         return y + per_channel(self.bias[...], y.ndim) if add_bias else y
 
     def prepare_for_search(self, winograd: bool = False) -> None:
-        """``winograd``: run this 3x3 convolution by Winograd's F(2x2, 3x3) (pulse_jax.winograd); the
+        """``winograd``: run this 3x3 convolution by Winograd's F(2x2, 3x3) (pulse_jax.generators.winograd); the
         kernel and its adjoint are kept in its transformed form."""
         kernel = self.scaled_kernel()
         adjoint = adjoint_kernel(kernel)
@@ -259,13 +259,11 @@ def phase_conv(x: jax.Array, phases: jax.Array, precision: str, adjoint: jax.Arr
 
 
 TRANSPOSED_CONV_IMPLS = {"phases": conv_transpose_2x_phases, "dilated": conv_transpose_2x_dilated}
-# Read at trace time; benchmarks switch it to compare the two forms on a device.
-TRANSPOSED_CONV_IMPL = "phases"
 
 
-def conv_transpose_2x(x: jax.Array, k4: jax.Array, precision: str, impl: str | None = None) -> jax.Array:
+def conv_transpose_2x(x: jax.Array, k4: jax.Array, precision: str, impl: str = "phases") -> jax.Array:
     """torch's ``conv_transpose2d(x, k, stride=2, padding=1)``: x (B, H, W, I), k4 (4, 4, I, O)."""
-    return TRANSPOSED_CONV_IMPLS[impl or TRANSPOSED_CONV_IMPL](x, k4, precision)
+    return TRANSPOSED_CONV_IMPLS[impl](x, k4, precision)
 
 
 def _blur_shifted_adds(x: jax.Array) -> jax.Array:

@@ -1,0 +1,116 @@
+"""How many inputs a search takes at once, and what happens when the device runs out of memory."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pulse_jax.config import PulseConfig, RunOptions
+from pulse_jax.errors import PulseJaxError
+from pulse_jax.latent_search import SearchResult, search
+from pulse_jax.model import Model
+
+# Examples (inputs x seeds) searched together per device by default. On a GPU throughput grows with them
+# up to about 32 at 1024 px (H200 float32: 90 seed-steps/s at 1, 130 at 8, 149 at 32, 154 at 64; H100
+# TF32: flat from 32 to 128; benchmarks/RESULTS.md); on a CPU it falls (1024 px: 1.06 seed-steps/s at 1
+# seed, 0.61 at 16), so a CPU searches one input at a time.
+EXAMPLES_PER_DEVICE = {"cpu": 1, "gpu": 32, "tpu": 32}
+
+
+def default_batch_size(seeds: int, devices: int, backend: str = "cpu") -> int:
+    """Inputs per search: enough to give each device about EXAMPLES_PER_DEVICE examples, at least one
+    input when the seeds split evenly over the devices, else at least one input per device (so that no
+    device sits idle and each holds whole inputs, as on a single device)."""
+    per_device = EXAMPLES_PER_DEVICE.get(backend, EXAMPLES_PER_DEVICE["gpu"])
+    if seeds % devices == 0:
+        return max(1, per_device * devices // seeds)
+    return devices * max(1, per_device // seeds)
+
+
+def batches(items: Sequence, batch_size: int, seeds: int, devices: int) -> list[list]:
+    """Runs of ``batch_size``; a shorter last run that would not split over the devices goes one by
+    one (all on one device it would need more memory than a full run needs per device)."""
+    runs = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    if devices > 1 and runs and len(runs[-1]) % devices and seeds % devices:
+        runs += [[item] for item in runs.pop()]
+    return runs
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}"
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def concat_results(parts: Sequence[SearchResult], axis: str) -> SearchResult:
+    """Join results of searches split over images (axis "images") or seeds ("seeds")."""
+    image_axis = {"images": 0, "seeds": 1}[axis]
+    merged = {}
+    for field in dataclasses.fields(SearchResult):
+        values = [getattr(p, field.name) for p in parts]
+        if field.name in ("seconds", "compile_seconds"):
+            merged[field.name] = float(sum(values))
+        elif field.name == "noise":
+            merged[field.name] = [np.concatenate(maps, axis=image_axis) for maps in zip(*values, strict=True)]
+        else:
+            history = field.name in ("loss_history", "l2_history")
+            merged[field.name] = np.concatenate(values, axis=image_axis + history)
+    return SearchResult(**merged)
+
+
+@dataclasses.dataclass
+class MemoryLimit:
+    """The fewest examples (images x seeds) seen not to fit the device in this run. Later batches that
+    large are split before they are tried: each failed try costs a compile and an allocation."""
+
+    too_big: int | None = None
+
+    def fits(self, examples: int) -> bool:
+        return self.too_big is None or examples < self.too_big
+
+    def failed(self, examples: int) -> None:
+        self.too_big = examples if self.too_big is None else min(self.too_big, examples)
+
+
+def search_fitting(model: Model, lr, config: PulseConfig, options: RunOptions, seeds: int, keys, *,
+                   on_chunk, log: Callable[[str], None], seed_offset: int = 0, masks=None,
+                   limit: MemoryLimit | None = None) -> SearchResult:
+    """search(), and when the device runs out of memory, the same work in halves (images, then seeds).
+
+    Seeds keep their keys when split (seed_offset), so the results are those of one big run. ``limit``
+    carries what did not fit from one call to the next.
+    """
+    limit = limit if limit is not None else MemoryLimit()
+    n = lr.shape[0]
+    tried = limit.fits(n * seeds)  # else split at once, silently: the first failure was said
+    if tried:
+        try:
+            return search(model, lr, config, options, seeds=seeds, key=keys, on_chunk=on_chunk,
+                          seed_offset=seed_offset, masks=masks)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; everything else re-raised
+            if not is_out_of_memory(e):
+                raise
+        limit.failed(n * seeds)
+    later = "; later batches are split up front"
+    again = dict(on_chunk=on_chunk, log=log, limit=limit)
+    if n > 1:
+        if tried:
+            log(f"out of device memory with {n} images x {seeds} seeds; retrying in halves of images{later}")
+        h = n // 2
+        parts = [search_fitting(model, lr[a:b], config, options, seeds, keys[a:b], seed_offset=seed_offset,
+                                masks=None if masks is None else masks[a:b], **again)
+                 for a, b in ((0, h), (h, n))]
+        return concat_results(parts, "images")
+    if seeds > 1:
+        if tried:
+            log(f"out of device memory with 1 image x {seeds} seeds; retrying in halves of seeds{later}")
+        h = seeds // 2
+        parts = [search_fitting(model, lr, config, options, b - a, keys, seed_offset=seed_offset + a, masks=masks,
+                                **again)
+                 for a, b in ((0, h), (h, seeds))]
+        return concat_results(parts, "seeds")
+    raise PulseJaxError(
+        f"out of device memory searching one image with one seed at {model.generator.resolution}px: the "
+        "largest batch that fits is none; free the device (another process may hold its memory) or use one "
+        "with more memory") from None

@@ -1,0 +1,135 @@
+"""The interface every generator family implements, and the params type its functions take.
+
+A family is a frozen dataclass over its architecture config (hashable, so it can be a static argument
+of a jitted program) whose networks are Flax NNX modules with this calling convention:
+
+- synthesis module: ``module(w (B, num_ws, D), noise [(B, r, r)] * len(noise_shapes()), precision,
+  remat) -> image (B, R, R, 3)`` about [-1, 1], and ``module.prepare_for_search(**options)`` to put its
+  kernels in the form a search step uses (same function);
+- mapping module: ``module(z (B, D), precision) -> w (B, D)``.
+
+Everything else (binding arrays, random weights, abstract shapes, pure synthesize/map/prepare) is
+written once here. Nothing in this package knows about the search or about files.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pulse_jax.tree_check import check_tree
+
+
+@jax.tree_util.register_pytree_node_class
+class NetworkParams:
+    """One network's parameters with the graph they belong to.
+
+    The graph (``nnx.GraphDef``) travels as static pytree metadata: jitted programs take the params as
+    an ordinary argument (never baked in as constants) and compile once per graph, so a prepared network
+    (another graph) and a plain one never share a compiled program by mistake.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, state: nnx.State):
+        self.graphdef = graphdef
+        self.state = state
+
+    def tree_flatten(self):
+        return (self.state,), self.graphdef
+
+    @classmethod
+    def tree_unflatten(cls, graphdef, children):
+        return cls(graphdef, children[0])
+
+    @classmethod
+    def of(cls, module: nnx.Module) -> NetworkParams:
+        return cls(*nnx.split(module))
+
+    def module(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.state)
+
+    def pure(self) -> dict:
+        """Nested dicts of arrays, as the model directory stores them."""
+        return nnx.to_pure_dict(self.state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generator(abc.ABC):
+    """A generator family for one architecture config: shapes and pure functions of its params."""
+
+    config: Any
+    architecture: ClassVar[str]  # the name model.json records
+
+    # ---- what a family defines ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def synthesis_module(self, rngs: nnx.Rngs) -> nnx.Module:
+        """A synthesis network of this config with random weights (every parameter random)."""
+
+    @abc.abstractmethod
+    def mapping_module(self, rngs: nnx.Rngs) -> nnx.Module:
+        """A mapping network of this config with random weights."""
+
+    @property
+    @abc.abstractmethod
+    def num_ws(self) -> int:
+        """W+ rows the synthesis network takes (18 at 1024 for StyleGAN v1 and StyleGAN2)."""
+
+    @abc.abstractmethod
+    def noise_shapes(self) -> tuple[tuple[int, int], ...]:
+        """One (r, r) per noise map, in the synthesis network's order (counted apart from num_ws)."""
+
+    # ---- shared ---------------------------------------------------------------------------------
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def dlatent_size(self) -> int:
+        return self.config.dlatent_size
+
+    def random_params(self, seed: int = 0, *, with_mapping: bool = True) -> tuple[NetworkParams, NetworkParams | None]:
+        """(synthesis, mapping or None) with every parameter random, for demos and tests."""
+        synthesis = NetworkParams.of(self.synthesis_module(nnx.Rngs(seed)))
+        mapping = NetworkParams.of(self.mapping_module(nnx.Rngs(seed + 1))) if with_mapping else None
+        return synthesis, mapping
+
+    def abstract_params(self, network: str) -> NetworkParams:
+        """The "synthesis" or "mapping" network's graph and parameter shapes, nothing computed."""
+        make = {"synthesis": self.synthesis_module, "mapping": self.mapping_module}[network]
+        return NetworkParams(*_split_abstract(make))
+
+    def bind(self, network: str, arrays: dict) -> NetworkParams:
+        """Nested dicts of arrays (our layout) -> that network's params, checking every path and shape."""
+        abstract = self.abstract_params(network)
+        check_tree(arrays, abstract.pure(), f"{network} params")
+        nnx.replace_by_pure_dict(abstract.state, jax.tree_util.tree_map(jnp.asarray, arrays))
+        return abstract
+
+    def synthesize(self, params: NetworkParams, w: jax.Array, noise, *, precision: str = "highest",
+                   remat: bool = False) -> jax.Array:
+        """Pure: w (B, num_ws, D), noise [(B, r, r)] -> (B, R, R, 3), about [-1, 1]. For use inside jit.
+        ``remat``: keep only each block's output for the backward pass and recompute the inside."""
+        return params.module()(w, noise, precision, remat)
+
+    def map(self, params: NetworkParams, z: jax.Array, *, precision: str = "highest") -> jax.Array:
+        """Pure: z (B, D) -> w (B, D)."""
+        return params.module()(z, precision)
+
+    def prepare(self, params: NetworkParams, **options) -> NetworkParams:
+        """The synthesis params in the form a search step uses (kernels scaled and rearranged once);
+        ``synthesize`` gives the same images with either. ``options``: the family's preparation choices."""
+        module = params.module()
+        module.prepare_for_search(**options)
+        return NetworkParams.of(module)
+
+
+def _split_abstract(make: Callable[[nnx.Rngs], nnx.Module]):
+    """Not cached: ``bind`` fills the returned state in place."""
+    return nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))

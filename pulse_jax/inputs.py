@@ -1,0 +1,74 @@
+"""Files -> search inputs: read, fit, check sizes and masks, align faces (a bad file is one failure entry)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pulse_jax.errors import PulseJaxError
+from pulse_jax.images import center_fit, load_image, save_png
+
+
+@dataclasses.dataclass
+class InputImage:
+    path: Path          # the file it came from
+    name: str           # output stem: the file's stem, or <stem>_<k> for the k-th aligned face
+    image: np.ndarray   # (h, h, 3) in [0, 1]
+    gray: bool = False  # match luma only (the file had no colour)
+
+
+@dataclasses.dataclass
+class InputOptions:
+    """How files become search inputs (``pulse-jax upsample`` flags)."""
+
+    fit: int | None = None          # centre-crop and resize every input to fit x fit
+    mask: np.ndarray | None = None  # (h, h) in {0, 1}: with degradation "+mask", known pixels
+    align: int | None = None        # inputs are photos: align each face and downscale to align x align
+
+
+def check_size(image: np.ndarray, resolution: int, path: Path) -> None:
+    h, w = image.shape[:2]
+    if h != w:
+        raise PulseJaxError(f"{path}: image is {w}x{h}; PULSE needs a square input (crop it to a square, "
+                            f"e.g. with pulse-jax align for faces)")
+    if resolution % h:
+        sizes = ", ".join(str(resolution >> k) for k in range(2, 8))
+        raise PulseJaxError(f"{path}: size {h} does not divide the generator's resolution {resolution}; "
+                            f"resize it to one of {sizes}")
+
+
+def read_inputs(paths: Sequence[Path], resolution: int, options: InputOptions, out_dir: Path,
+                log: Callable[[str], None]) -> tuple[list[InputImage], list[dict]]:
+    """Files -> search inputs, and a failure entry per file that cannot be one (never fatal)."""
+    items, failed, said_alpha = [], [], False
+    aligner = None
+    if options.align:
+        from pulse_jax.align import FaceAligner, align_photo
+
+        aligner = FaceAligner()
+    for path in paths:
+        try:
+            if aligner is not None:
+                faces = align_photo(aligner, path, options.align)
+                for k, face in enumerate(faces):
+                    save_png(face, out_dir / "aligned" / f"{path.stem}_{k}.png")
+                    items.append(InputImage(path, f"{path.stem}_{k}", face))
+                log(f"{path}: {len(faces)} face(s) aligned to {options.align}x{options.align}")
+                continue
+            loaded = load_image(path)
+            if loaded.alpha and not said_alpha:
+                log(f"note: alpha channels are dropped (first in {path})")
+                said_alpha = True
+            image = center_fit(loaded.pixels, options.fit) if options.fit else loaded.pixels
+            check_size(image, resolution, path)
+            if options.mask is not None and options.mask.shape != image.shape[:2]:
+                raise PulseJaxError(f"{path}: the mask is {options.mask.shape[1]}x{options.mask.shape[0]}, "
+                                    f"the image {image.shape[1]}x{image.shape[0]}; they must match")
+            items.append(InputImage(path, path.stem, image, loaded.gray))
+        except PulseJaxError as e:
+            failed.append({"input": str(path), "error": str(e)})
+            log(f"skipped: {e}")
+    return items, failed

@@ -1,0 +1,178 @@
+"""``search()``: check the inputs, place them, run the compiled programs chunk by chunk, fetch results."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pulse_jax.config import PulseConfig, RunOptions
+from pulse_jax.errors import PulseJaxError
+from pulse_jax.latent_search import programs
+from pulse_jax.latent_search.core import SearchState, all_noise, make_spec
+from pulse_jax.latent_search.keys import seed_keys
+from pulse_jax.latent_search.placement import placement as choose_placement
+from pulse_jax.model import Model
+
+
+class SearchInit(NamedTuple):
+    """Start values: latent (N, S, Lt, D) with Lt the model's num_ws (or 1 with tile_latent); noise one
+    (N, S, r, r) array per noise map."""
+
+    latent: Any
+    noise: Sequence[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """Everything the search found, per image n and seed s. Nothing is dropped."""
+
+    images: np.ndarray        # (N, S, R, R, 3) in [0, 1]: per seed the step with the lowest total loss
+    loss_history: np.ndarray  # (steps, N, S): total loss at each step, before that step's update
+    l2_history: np.ndarray    # (steps, N, S): unclamped downscaling MSE at each step
+    success: np.ndarray       # (N, S) bool: lowest MSE <= eps
+    best_step: np.ndarray     # (N, S) int: step of the returned image
+    best_loss: np.ndarray     # (N, S): total loss of the returned image
+    best_l2: np.ndarray       # (N, S): MSE of the returned image
+    min_l2: np.ndarray        # (N, S): lowest MSE over all steps (what success tests)
+    diverged: np.ndarray      # (N, S) bool: the seed hit NaN/Inf and was stopped there (the others went on)
+    latent: np.ndarray        # (N, S, Lt, D): final latent
+    noise: list[np.ndarray]   # one (N, S, r_i, r_i) array per noise map: final noise maps
+    seconds: float            # wall time of the search, compile included
+    compile_seconds: float    # of which the first chunk's compile
+
+
+def check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, latent_rows: int) -> None:
+    r = model.generator.resolution
+    if lr_images.ndim != 4 or lr_images.shape[-1] != 3 or lr_images.shape[1] != lr_images.shape[2]:
+        raise PulseJaxError(f"lr_images must be (N, h, h, 3), got {tuple(lr_images.shape)}")
+    h = lr_images.shape[1]
+    if r % h:
+        raise PulseJaxError(f"low-resolution size {h} must divide the generator's resolution {r}")
+    if model.gaussian_fit is None:
+        raise PulseJaxError("the model has no gaussian fit; convert it with --mapping or --gaussian-fit")
+    if seeds < 1:
+        raise PulseJaxError(f"seeds must be >= 1, got {seeds}")
+    if init is None:
+        return
+    n = lr_images.shape[0]
+    want = (n, seeds, latent_rows, model.generator.dlatent_size)
+    if tuple(np.shape(init.latent)) != want:
+        raise PulseJaxError(f"init.latent must be {want}, got {tuple(np.shape(init.latent))}")
+    shapes = model.noise_shapes()
+    if len(init.noise) != len(shapes):
+        raise PulseJaxError(f"init.noise must hold {len(shapes)} maps, got {len(init.noise)}")
+    for i, (x, s) in enumerate(zip(init.noise, shapes, strict=True)):
+        if tuple(np.shape(x)) != (n, seeds, *s):
+            raise PulseJaxError(f"init.noise[{i}] must be {(n, seeds, *s)}, got {tuple(np.shape(x))}")
+
+
+def _checked_masks(config: PulseConfig, degradation, masks, lr_images):
+    if not degradation.mask:
+        return None
+    if masks is None or tuple(np.shape(masks)) != lr_images.shape[:3]:
+        raise PulseJaxError(f"degradation {config.degradation!r} needs masks shaped {lr_images.shape[:3]}, "
+                            f"got {None if masks is None else tuple(np.shape(masks))}")
+    masks = jnp.asarray(masks, jnp.float32)
+    if not bool(jnp.all(jnp.any(masks > 0, axis=(1, 2)))):
+        raise PulseJaxError("every mask needs at least one known pixel (value 1)")
+    return masks
+
+
+def search(model: Model, lr_images, config: PulseConfig | None = None, options: RunOptions | None = None, *,
+           seeds: int = 1, key=None, init: SearchInit | None = None,
+           on_chunk: Callable[[int, SearchState], None] | None = None, seed_offset: int = 0,
+           masks=None) -> SearchResult:
+    """Search S seeds for each of N low-resolution images.
+
+    Args:
+      model: the generator, its params and gaussian fit (``pulse_jax.load_model``).
+      lr_images: (N, h, h, 3) in [0, 1]; h divides the model's resolution.
+      config: what to search for (PulseConfig: the reference's options); default PulseConfig().
+      options: how to run (RunOptions: precision, remat, step loop, sharding, devices, chunk steps).
+      seeds: S, results per image.
+      key: one key (folded per image) or one per image; seed s of image n gets the same start whatever
+        runs beside it.
+      init: start values instead of random ones (SearchInit).
+      on_chunk: ``on_chunk(steps_done, state)`` between chunks of ``options.chunk_steps`` steps, for
+        progress and intermediates; the state's arrays are (N, S, ...).
+      seed_offset: the first seed's index, so that seeds split over several calls get the keys they would
+        get in one.
+      masks: (N, h, h), 1 where the input is known: needed with a degradation ending in "+mask".
+
+    Returns:
+      SearchResult: per (image, seed) the image of the step with the lowest total loss, histories,
+      success (lowest MSE <= eps), best step, and the final latents and noise.
+    """
+    config = config or PulseConfig()
+    options = options or RunOptions()
+    step_loop = options.step_loop or programs.default_step_loop()
+    lr_images = jnp.asarray(lr_images, jnp.float32)
+    spec = make_spec(model.generator, config, lr_images.shape[1], options)
+    check_inputs(model, lr_images, init, seeds, spec.latent_rows)
+    masks = _checked_masks(config, spec.degradation, masks, lr_images)
+    started = time.perf_counter()
+    keys = seed_keys(key, lr_images.shape[0], seeds, seed_offset)
+    latent = noise = None
+    if init is not None:
+        latent = jnp.asarray(init.latent, jnp.float32)
+        noise = [jnp.asarray(x, jnp.float32) for x in init.noise]
+    placement = choose_placement(lr_images.shape[0], seeds, options.shard, options.devices)
+    gen_params, fit = model.search_params(transposed_conv=options.transposed_conv), model.gaussian_fit
+    if placement is not None:
+        placement.check_same_everywhere((lr_images, masks, jax.random.key_data(keys), latent, noise))
+        keys, latent, noise = placement.examples((keys, latent, noise))
+        lr_images, masks = placement.images((lr_images, masks))
+        gen_params, fit = placement.everywhere((gen_params, fit))
+    state = programs.init_states(spec, keys, latent, noise)
+    if placement is not None:
+        state = placement.examples(state)
+    chunk = options.chunk_steps or max(1, -(-config.steps // 10))
+    groups = [(0, seeds)]
+    if step_loop == "host" and placement is None and jax.default_backend() == "cpu":
+        groups = programs.seed_groups(seeds, lr_images.shape[0], model.generator.resolution)
+    parts = programs.split_seeds(state, groups)
+    done, compile_seconds = 0, 0.0
+    while done < config.steps:
+        n = min(chunk, config.steps - done)
+        t0 = time.perf_counter()
+        if step_loop == "device":
+            parts = [programs.run_steps(spec, parts[0], jnp.int32(n), lr_images, masks, gen_params, fit)]
+        else:
+            for _ in range(n):
+                parts = [programs.run_one_step(spec, part, lr_images, masks, gen_params, fit) for part in parts]
+        if done == 0:
+            jax.block_until_ready([part.step for part in parts])
+            compile_seconds = time.perf_counter() - t0  # an upper bound: includes the first chunk's run
+        done += n
+        if on_chunk is not None:
+            on_chunk(done, programs.join_seeds(parts))
+    state = programs.join_seeds(parts)
+    images = programs.images_of(spec, state.best_params, state.fixed_noise, gen_params, fit)
+    noise_maps = all_noise(spec, state.params["noise"], state.fixed_noise)
+    fetch = jax.device_get if placement is None else placement.fetch
+    images, noise_maps, host = fetch((images, noise_maps, state))
+    return SearchResult(
+        images=np.asarray(images),
+        loss_history=np.moveaxis(host.loss_history, -1, 0),
+        l2_history=np.moveaxis(host.l2_history, -1, 0),
+        success=host.min_l2 <= config.eps,
+        best_step=host.best_step, best_loss=host.best_loss, best_l2=host.best_l2, min_l2=host.min_l2,
+        diverged=host.diverged,
+        latent=host.params["latent"], noise=[np.asarray(x)[:, :, 0] for x in noise_maps],
+        seconds=time.perf_counter() - started, compile_seconds=compile_seconds,
+    )
+
+
+def current_images(model: Model, config: PulseConfig, lr_size: int, state: SearchState,
+                   options: RunOptions | None = None) -> np.ndarray:
+    """(N, S, R, R, 3) images of a running search's current values (for --save-intermediate)."""
+    options = options or RunOptions()
+    spec = make_spec(model.generator, config, lr_size, options)
+    gen_params = model.search_params(transposed_conv=options.transposed_conv)
+    return np.asarray(programs.images_of(spec, state.params, state.fixed_noise, gen_params, model.gaussian_fit))
