@@ -146,6 +146,6 @@ class RunOptions:
 
     def to_dict(self) -> dict:
         """For reports: devices by their names."""
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # asdict would deep-copy devices
         d["devices"] = None if self.devices is None else [str(x) for x in self.devices]
         return d
