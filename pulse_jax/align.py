@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.images import opened
 
 TRANSFORM_SIZE = 4096
 ALIGNED_SIZE = 1024
@@ -120,7 +121,7 @@ def align_photo(aligner: FaceAligner, path: Path, size: int) -> list[np.ndarray]
     if ALIGNED_SIZE % size:
         raise PulseJaxError(f"--size {size} must divide {ALIGNED_SIZE} (e.g. 16, 32, 64)")
     try:
-        with Image.open(path) as im:
+        with opened(path) as im:  # the same decompression-bomb limit as upsample's inputs
             photo = im.convert("RGB")
     except Exception as e:  # noqa: BLE001 - any damaged file is this file's error
         raise PulseJaxError(f"cannot read photo {path}: {type(e).__name__}: {e}") from None

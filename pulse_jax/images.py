@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,16 +13,24 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.safe_files import atomic_write_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # a GIF: its first frame
 
 
-def list_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files named directly, plus the image files inside named folders (sorted)."""
+def list_inputs(paths: Sequence[str | os.PathLike], log=None) -> list[Path]:
+    """Image files named directly, plus the image files inside named folders (sorted). Files in a folder
+    that are not images by their name are skipped, and ``log`` (if given) says which."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+            found += [q for q in files if q.suffix.lower() in IMAGE_SUFFIXES]
+            other = [q.name for q in files if q.suffix.lower() not in IMAGE_SUFFIXES]
+            if other and log is not None:
+                names = ", ".join(os.fsencode(n).decode("utf-8", "backslashreplace") for n in other[:5])
+                log(f"note: {p}: skipped {len(other)} file(s) that are not images by their name ({names}"
+                    f"{', ...' if len(other) > 5 else ''}); name an image file directly to read it anyway")
         elif p.is_file():
             found.append(p)
         else:
@@ -45,22 +53,29 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     PIL's decompression-bomb limit stays on: an image over Image.MAX_IMAGE_PIXELS is refused.
     """
     try:
-        with warnings.catch_warnings():
-            # PIL warns between MAX_IMAGE_PIXELS and twice that, and raises above: refuse both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                gray = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") or (
-                    im.mode == "P" and _palette_is_gray(im))
-                alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    scale = 65535.0 if im.mode.startswith("I;16") else max(1.0, float(np.max(im)))
-                    a = np.repeat((np.asarray(im, np.float32) / scale)[..., None], 3, axis=-1)
-                else:
-                    a = np.asarray(im.convert("RGB"), np.float32) / 255.0
+        with opened(path) as im:
+            im.load()
+            gray = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") or (
+                im.mode == "P" and _palette_is_gray(im))
+            alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                scale = 65535.0 if im.mode.startswith("I;16") else max(1.0, float(np.max(im)))
+                a = np.repeat((np.asarray(im, np.float32) / scale)[..., None], 3, axis=-1)
+            else:
+                a = np.asarray(im.convert("RGB"), np.float32) / 255.0
     except Exception as e:  # noqa: BLE001 - damaged files raise OSError, SyntaxError, ValueError, bomb warnings...
         raise PulseJaxError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
     return LoadedImage(np.clip(a, 0.0, 1.0), gray, alpha)
+
+
+@contextlib.contextmanager
+def opened(path: str | os.PathLike):
+    """Image.open with PIL's decompression-bomb limit made strict: PIL only warns between
+    MAX_IMAGE_PIXELS and twice that (and raises above); both are refused here. Every reader uses this."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            yield im
 
 
 def _palette_is_gray(im: Image.Image) -> bool:
@@ -90,19 +105,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if isinstance(image, np.ndarray) and image.dtype == np.uint8:
         return image
     return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:

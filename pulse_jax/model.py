@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from pulse_jax.errors import CheckpointError, PulseJaxError
 from pulse_jax.generators import Generator, NetworkParams, generator_for, generator_from_dict
 from pulse_jax.generators.stylegan1 import StyleGANConfig
+from pulse_jax.safe_files import atomic_write_bytes, os_error, staging_dir
 
 FORMAT_NAME = "pulse-jax-model"
 # 2: model.json names the generator family ("architecture"); format 1 directories are StyleGAN v1.
@@ -90,6 +90,11 @@ class Model:
     def noise_shapes(self) -> tuple[tuple[int, int], ...]:
         return self.generator.noise_shapes()
 
+    @functools.cached_property
+    def checksum(self) -> str:
+        """params_checksum of every array (what model.json records): names the weights in run keys."""
+        return params_checksum(jax.tree_util.tree_map(np.asarray, self.pure_params()))
+
     def search_params(self, **options) -> NetworkParams:
         """The synthesis params as a search runs them, every kernel prepared once (Generator.prepare);
         one preparation per set of ``options``, kept."""
@@ -142,14 +147,38 @@ def params_checksum(tree) -> str:
     return h.hexdigest()
 
 
+def is_model_directory(path: Path) -> bool:
+    """A folder this program wrote: our model.json and nothing but what save_model puts there."""
+    try:
+        meta = json.loads((path / MODEL_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+
+
+def _replaceable(directory: Path) -> None:
+    """--overwrite replaces only a model directory of ours, holding only what we wrote."""
+    if not directory.is_dir() or not is_model_directory(directory):
+        raise PulseJaxError(f"{directory} exists and is not a pulse-jax model directory (it has no model.json "
+                            "of ours); --overwrite only replaces a model directory this program wrote: choose "
+                            "another --out")
+    others = sorted(p.name for p in directory.iterdir() if p.name not in (MODEL_JSON, PARAMS_DIR))
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise PulseJaxError(f"{directory} holds files that are not part of the model ({shown}); replacing it would "
+                            "delete them: move them out, or choose another --out")
+
+
 def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write the model directory atomically; refuse to replace one unless ``overwrite``."""
+    """Write the model directory atomically; refuse to replace one unless ``overwrite``, and never replace
+    anything but a model directory this program wrote (checked before any work)."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    if directory.exists() and not overwrite:
-        raise PulseJaxError(f"{directory} already exists; choose another --out or pass --overwrite")
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() or directory.is_symlink():
+        if not overwrite:
+            raise PulseJaxError(f"{directory} already exists; choose another --out or pass --overwrite")
+        _replaceable(directory)
     tree = jax.tree_util.tree_map(np.asarray, model.pure_params())
     meta = {
         "format": FORMAT_NAME,
@@ -159,24 +188,73 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
         "contents": sorted(tree),
         "checksum": params_checksum(tree),
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = staging_dir(directory)
+    old = None
     try:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / PARAMS_DIR, tree)
         checkpointer.wait_until_finished()
         checkpointer.close()
-        (staging / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        meta["files"] = params_manifest(staging / PARAMS_DIR)
+        atomic_write_bytes(staging / MODEL_JSON, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
         if directory.exists():
-            old = directory.with_name(directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = staging_dir(directory)  # a fresh, empty name: the old model moves there, then goes
             os.replace(directory, old)
-            os.replace(staging, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+        os.replace(staging, directory)
+    except OSError as e:
+        raise os_error(directory, e) from None
+    except Exception as e:
+        if isinstance(e, PulseJaxError) or not _is_write_failure(e):
+            raise
+        raise PulseJaxError(f"cannot write {directory}: {type(e).__name__}: {str(e)[:300]} (a full disk or a "
+                            "read-only folder?)") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def params_manifest(params_dir: Path) -> dict[str, dict]:
+    """Size and sha256 of every file orbax wrote: checked before orbax reads them, so a truncated or
+    damaged copy is one clear message (orbax's own errors come with asyncio tracebacks from its threads)."""
+    manifest = {}
+    for path in sorted(p for p in params_dir.rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        manifest[path.relative_to(params_dir).as_posix()] = {"size": path.stat().st_size, "sha256": h.hexdigest()}
+    return manifest
+
+
+def check_manifest(directory: Path, manifest) -> None:
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{directory / MODEL_JSON}: 'files' must be an object, got {type(manifest).__name__}")
+    params_dir = directory / PARAMS_DIR
+    for rel, want in manifest.items():
+        path = params_dir / rel
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: the parameters file {PARAMS_DIR}/{rel} is missing: the model "
+                                  "directory is incomplete; copy it again or convert the checkpoints again")
+        size = path.stat().st_size
+        if not isinstance(want, dict) or size != want.get("size"):
+            raise CheckpointError(f"{directory}: {PARAMS_DIR}/{rel} is {size} bytes where {want.get('size')} were "
+                                  "written (a truncated copy?); copy it again or convert the checkpoints again")
+    got = params_manifest(params_dir)
+    changed = [rel for rel, want in manifest.items() if got.get(rel, {}).get("sha256") != want.get("sha256")]
+    if changed:
+        raise CheckpointError(f"{directory}: {PARAMS_DIR}/{changed[0]} does not match the checksum in {MODEL_JSON}: "
+                              "the files are damaged or were changed; convert the checkpoints again")
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """orbax wraps the OSError of a failed write in its own types: find it in the chain."""
+    while e is not None:
+        if isinstance(e, OSError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def read_model_json(directory: Path) -> dict:
@@ -218,14 +296,18 @@ def load_model(directory: str | os.PathLike) -> Model:
     if "gaussian_fit" in contents:
         shape = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
         expected["gaussian_fit"] = {"mean": shape, "std": shape}
+    if "files" in meta:  # directories written before the manifest existed go straight to orbax
+        check_manifest(directory, meta["files"])
     try:
         # Alone even in a job of several processes: each reads the whole model, and one whose peer
         # failed must not wait on it (orbax otherwise synchronises every process around a restore).
         me = jax.process_index()
         alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
         checkpointer = ocp.StandardCheckpointer(multiprocessing_options=alone)
-        tree = checkpointer.restore(directory / PARAMS_DIR, expected)
-        checkpointer.close()
+        try:
+            tree = checkpointer.restore(directory / PARAMS_DIR, expected)
+        finally:  # also after a failed read: an unclosed one prints asyncio tracebacks at exit
+            checkpointer.close()
     except Exception as e:  # orbax raises many types for damaged or mismatched files
         raise CheckpointError(
             f"could not read the parameters in {directory / PARAMS_DIR} ({type(e).__name__}: "
@@ -238,8 +320,10 @@ def load_model(directory: str | os.PathLike) -> Model:
             "damaged or were changed; convert the checkpoints again"
         )
     fit = tree.get("gaussian_fit")
-    return Model.from_arrays(generator.config, tree["synthesis"], tree.get("mapping"),
-                             None if fit is None else (fit["mean"], fit["std"]))
+    model = Model.from_arrays(generator.config, tree["synthesis"], tree.get("mapping"),
+                              None if fit is None else (fit["mean"], fit["std"]))
+    model.__dict__["checksum"] = meta["checksum"]  # just verified: the cached_property need not hash again
+    return model
 
 
 def compute_gaussian_fit(model: Model, *, num_samples: int = 1_000_000, batch_size: int = 10_000,
@@ -251,6 +335,8 @@ def compute_gaussian_fit(model: Model, *, num_samples: int = 1_000_000, batch_si
     """
     if model.mapping is None:
         raise PulseJaxError("computing the gaussian fit needs the mapping network (--mapping mapping.pt)")
+    if num_samples < 2:
+        raise PulseJaxError(f"the gaussian fit needs at least 2 samples (a standard deviation), got {num_samples}")
     d = model.generator.dlatent_size
     generator = model.generator
 
@@ -277,5 +363,8 @@ def compute_gaussian_fit(model: Model, *, num_samples: int = 1_000_000, batch_si
         count = total
         if progress is not None:
             progress(count, num_samples)
-    std = np.sqrt(m2 / max(count - 1, 1))
+    std = np.sqrt(m2 / (count - 1))
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise CheckpointError("the mapping network's outputs give a gaussian fit with NaN, infinite or zero "
+                              "standard deviations: the mapping weights are damaged, or pass --gaussian-fit")
     return mean.astype(np.float32), std.astype(np.float32)

@@ -33,3 +33,15 @@ def check_shapes(got: Mapping[str, tuple], expected: Mapping[str, tuple], what: 
 def check_tree(got, expected, what: str) -> None:
     """The same for two nested trees, compared by path."""
     check_shapes(flat_shapes(got), flat_shapes(expected), what)
+
+
+def check_finite(tree, what: str) -> None:
+    """Raise CheckpointError naming every array with a NaN or an infinity (a search on it would only
+    produce NaN, reported as if the input were at fault)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    bad = [("/".join(str(getattr(k, "key", k)) for k in path), int(np.size(v) - np.isfinite(v).sum()))
+           for path, v in flat if not np.all(np.isfinite(np.asarray(v)))]
+    if bad:
+        shown = ", ".join(f"{k} ({n} values)" for k, n in bad[:SHOWN])
+        raise CheckpointError(f"{what} has NaN or infinite values in {len(bad)} arrays: {shown}; the file is "
+                              "damaged or was saved from a diverged training run")

@@ -186,3 +186,34 @@ def test_pulse_jax_convert_subcommand(small_checkpoints, tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert pj.load_model(tmp_path / "m").config.resolution == 256
+
+
+def test_a_nan_weight_is_refused_and_nothing_written(tmp_path):
+    sd = ref.random_synthesis_state_dict(64, 256, 64)
+    sd["blocks.16x16.conv1.weight"][0, 0, 1, 1] = float("nan")
+    expect_refusal(save_checkpoint(sd, tmp_path / "s.pt", "zip"), tmp_path, "NaN or infinite values",
+                   "blocks/16x16/conv1/kernel")
+
+
+def test_overwrite_never_deletes_the_inputs_or_a_folder_not_ours(small_checkpoints, tmp_path):
+    """The inputs inside --out, and an --out that is not a model directory, were deleted by --overwrite."""
+    out = tmp_path / "work"
+    out.mkdir()
+    synthesis = out / "synthesis.pt"
+    synthesis.write_bytes(small_checkpoints["files"]["synthesis_zip"].read_bytes())
+    r = run_cli("--synthesis", synthesis, "--out", out, "--overwrite")
+    assert r.returncode == 2 and "lies inside --out" in r.stderr and "Traceback" not in r.stderr
+    (out / "notes.txt").write_text("mine")
+    r = run_cli("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", out, "--overwrite")
+    assert r.returncode == 2 and "not a pulse-jax model directory" in r.stderr
+    assert synthesis.is_file() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_unwritable_out_and_bad_sample_counts_are_messages(small_checkpoints, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    r = run_cli("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", a_file / "m")
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--mapping",
+                small_checkpoints["files"]["mapping_zip"], "--gaussian-fit-samples", "1", "--out", tmp_path / "m")
+    assert r.returncode == 2 and "at least 2" in r.stderr and not (tmp_path / "m").exists()

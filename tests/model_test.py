@@ -129,3 +129,90 @@ def test_search_params_are_prepared_once_per_option():
     assert model.search_params() is phases
     dilated = model.search_params(transposed_conv="dilated")
     assert dilated is not phases and dilated.graphdef != phases.graphdef  # compiled apart, never confused
+
+
+def test_overwrite_replaces_only_a_model_directory_of_ours(tmp_path):
+    """--overwrite once removed any existing --out, its '.old' sibling and whatever was inside."""
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=1, with_mapping=False)
+    theirs = tmp_path / "photos"
+    theirs.mkdir()
+    (theirs / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(pj.PulseJaxError, match="not a pulse-jax model directory"):
+        pj.save_model(model, theirs, overwrite=True)
+    assert (theirs / "holiday.jpg").read_bytes() == b"precious"
+    saved = pj.save_model(model, tmp_path / "m")
+    old = tmp_path / "m.old"  # a name the previous code used for its backup, and deleted
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    pj.save_model(model, saved, overwrite=True)
+    assert (old / "notes.txt").read_text() == "mine"
+    (saved / "synthesis.pt").write_bytes(b"the user's checkpoint")  # kept inside the model folder
+    with pytest.raises(pj.PulseJaxError, match=r"holds files that are not part of the model \(synthesis.pt\)"):
+        pj.save_model(model, saved, overwrite=True)
+    assert (saved / "synthesis.pt").read_bytes() == b"the user's checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.old", "photos"]  # nothing of ours left
+
+
+def test_a_failed_write_is_a_message_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk, injected where the finished model is renamed into place: one message, no staging left,
+    an existing model untouched."""
+    import errno
+    import os
+
+    import pulse_jax.model as model_module
+
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=1, with_mapping=False)
+    saved = pj.save_model(model, tmp_path / "m")
+    before = sorted((p.relative_to(saved), p.read_bytes()) for p in saved.rglob("*") if p.is_file())
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model_module.os, "replace", full_disk)
+    for target in (tmp_path / "new", saved):
+        with pytest.raises(pj.PulseJaxError, match="disk is full"):
+            pj.save_model(model, target, overwrite=True)
+    monkeypatch.setattr(model_module.os, "replace", os.replace)
+    assert sorted((p.relative_to(saved), p.read_bytes()) for p in saved.rglob("*") if p.is_file()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        saved = pj.save_model(pj.Model.random(pj.PRESETS["tiny_128"], seed=1, with_mapping=False), tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert saved.stat().st_mode & 0o777 == 0o755 and (saved / "model.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_truncated_params_file_is_named(saved, capfd):
+    files = sorted((p for p in (saved / "params").rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+    files[0].write_bytes(files[0].read_bytes()[: files[0].stat().st_size // 2])
+    with pytest.raises(pj.CheckpointError, match="a truncated copy"):
+        pj.load_model(saved)
+    assert "Traceback" not in capfd.readouterr().err  # orbax was never reached
+
+
+@pytest.mark.parametrize("config", [{"resolution": 2**20}, {"fmap_base": 0}, {"fmap_max": -1},
+                                    {"dlatent_size": "512"}])
+def test_nonsense_sizes_are_refused(saved, config):
+    meta = json.loads((saved / "model.json").read_text())
+    meta["config"].update(config)
+    (saved / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(pj.CheckpointError, match="bad config"):
+        pj.load_model(saved)
+
+
+def test_non_finite_weights_and_fits_are_refused():
+    model = pj.Model.random(pj.PRESETS["tiny_128"], seed=0)
+    params = model.synthesis.pure()
+    params["blocks"]["8x8"]["conv1"]["kernel"] = np.asarray(params["blocks"]["8x8"]["conv1"]["kernel"]).copy()
+    params["blocks"]["8x8"]["conv1"]["kernel"][0, 0, 0, 0] = np.nan
+    with pytest.raises(pj.CheckpointError, match=r"NaN or infinite values in 1 arrays: blocks/8x8/conv1/kernel"):
+        pj.Model.from_arrays(model.config, params)
+    for n in (0, 1):
+        with pytest.raises(pj.PulseJaxError, match="at least 2 samples"):
+            compute_gaussian_fit(model, num_samples=n)

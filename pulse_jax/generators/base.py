@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pulse_jax.tree_check import check_tree
+from pulse_jax.tree_check import check_finite, check_tree
 
 
 @jax.tree_util.register_pytree_node_class
@@ -109,6 +109,7 @@ class Generator(abc.ABC):
         """Nested dicts of arrays (our layout) -> that network's params, checking every path and shape."""
         abstract = self.abstract_params(network)
         check_tree(arrays, abstract.pure(), f"{network} params")
+        check_finite(arrays, f"{network} params")
         nnx.replace_by_pure_dict(abstract.state, jax.tree_util.tree_map(jnp.asarray, arrays))
         return abstract
 

@@ -35,6 +35,7 @@ from pulse_jax.generators.layers import (
     upsample_nearest_2x,
 )
 
+MAX_RESOLUTION = 4096  # a 4096 px StyleGAN would already take ~16 GB per seed to search
 FUSED_UPSAMPLE_FROM = 128  # blocks at this resolution and above use the fused transposed conv
 MAPPING_LAYERS = 8
 MAPPING_LRMUL = 0.01
@@ -52,8 +53,16 @@ class StyleGANConfig:
 
     def __post_init__(self):
         r = self.resolution
-        if r < 8 or r & (r - 1):
-            raise ValueError(f"resolution must be a power of two >= 8, got {r}")
+        if not isinstance(r, int) or r < 8 or r > MAX_RESOLUTION or r & (r - 1):
+            raise ValueError(f"resolution must be a power of two from 8 to {MAX_RESOLUTION}, got {r!r}")
+        for name in ("fmap_base", "fmap_max", "dlatent_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.fmap_decay, (int, float)) and self.fmap_decay >= 0):
+            raise ValueError(f"fmap_decay must be a number >= 0, got {self.fmap_decay!r}")
+        if self.channels(self.log2_resolution - 1) < 1:
+            raise ValueError(f"fmap_base {self.fmap_base} leaves the {r}x{r} block with no channels")
 
     @property
     def log2_resolution(self) -> int:
