@@ -32,6 +32,37 @@ _HELP = {
 }
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse turns the error into one line and exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+SEED_LIMIT = 2**63  # jax.random.key takes a signed 64-bit seed
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {value}")
+    return value
+
+
+def layers_arg(text: str):
+    try:
+        return parse_layers(text)
+    except PulseJaxError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_search_options(p: argparse.ArgumentParser) -> None:
     """One flag per PulseConfig field, same defaults; the reference's spellings (-loss_str) work too."""
     for f in dataclasses.fields(PulseConfig):
@@ -40,7 +71,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         if f.type in (bool, "bool"):
             p.add_argument(*names, dest=f.name, action="store_true", help=help_text)
         elif f.name == "bad_noise_layers":
-            p.add_argument(*names, dest=f.name, type=parse_layers, default=None, help=help_text)
+            p.add_argument(*names, dest=f.name, type=layers_arg, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(f.type, str) if isinstance(f.type, str) else f.type
             p.add_argument(*names, dest=f.name, type=kind, default=f.default, help=help_text)
@@ -53,22 +84,24 @@ def config_from_args(args: argparse.Namespace) -> PulseConfig:
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per RunOptions field (how the search runs; recorded in the report as run_options)."""
     g = p.add_argument_group("how the search runs (RunOptions)")
-    g.add_argument("--precision", choices=PRECISIONS, default="highest",
-                   help="generator matmul/conv precision: highest (float32), default (TF32 on GPUs: ~3x "
-                        "faster on an H200), bfloat16 (bf16 operands, float32 accumulation; cost in "
-                        "benchmarks/RESULTS.md)")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="generator matmul/conv precision: highest (strict float32), default (TF32 on GPUs, as "
+                        "PyTorch's convolutions and so PULSE run there: ~3x faster on an H200), bfloat16 (bf16 "
+                        "operands, float32 accumulation; cost in benchmarks/RESULTS.md). Default: default on a "
+                        "GPU, highest elsewhere; the report says which ran")
     g.add_argument("--remat", action="store_true",
                    help="recompute each generator block in the backward pass: less memory per seed (more "
                         "seeds fit on a GPU), about one more forward pass of work")
     g.add_argument("--step-loop", choices=STEP_LOOPS,
                    help="device: a chunk of steps in one compiled loop; host: one step per compiled call "
                         "(default: host on a CPU, device elsewhere)")
-    g.add_argument("--chunk-steps", type=int, metavar="N",
+    g.add_argument("--chunk-steps", type=positive_int, metavar="N",
                    help="steps between progress updates and stop checks (default: a tenth of --steps)")
     g.add_argument("--shard", choices=("auto", "on", "off"), default="auto",
                    help="split each batch over this process's devices: auto (when there are several), on "
                         "(refuse a batch that does not split evenly), off (one device)")
-    g.add_argument("--devices", type=int, metavar="K", help="use this process's first K devices (default: all)")
+    g.add_argument("--devices", type=positive_int, metavar="K",
+                   help="use this process's first K devices (default: all)")
     g.add_argument("--transposed-conv", choices=TRANSPOSED_CONVS, default="phases",
                    help="form of StyleGAN v1's fused upsampling (same numbers; dilated only to compare speed)")
 
@@ -99,16 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", help="image files or folders of images (square, side dividing R)")
     up.add_argument("--model", required=True, help="model directory from pulse-jax convert")
     up.add_argument("--out", required=True, help="output folder")
-    up.add_argument("--seeds", type=int, default=1, help="results searched per input (the reference's -duplicates)")
-    up.add_argument("--seed", type=int, default=0, help="random seed")
-    up.add_argument("--batch-size", type=int,
+    up.add_argument("--seeds", type=positive_int, default=1,
+                    help="results searched per input (the reference's -duplicates)")
+    up.add_argument("--seed", type=seed_int, default=0, help="random seed")
+    up.add_argument("--batch-size", type=positive_int,
                     help="inputs searched together (x seeds each). Default: on a CPU 1 (or one per device when "
                          "--seeds does not split evenly over them); on a GPU or TPU enough for about 32 "
                          "inputs x seeds per device (throughput grows up to there); halved when it does not fit")
     up.add_argument("--all-seeds", action="store_true", help="also write every seed's image")
     up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
     add_run_options(up)
-    up.add_argument("--fit", type=int, metavar="SIZE",
+    up.add_argument("--fit", type=positive_int, metavar="SIZE",
                     help="centre-crop each input to a square and resize it to SIZE (bicubic) instead of refusing "
                          "sizes that are not square or do not divide the resolution")
     up.add_argument("--mask", help="with --degradation ...+mask: an image the inputs' size, white where the "
@@ -125,23 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="join a job of several processes, found from Slurm, Open MPI or Cloud TPU, or from "
                            "the three options below")
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
-    dist.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    dist.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the job")
     dist.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
     add_search_options(up)
 
     al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
     al.add_argument("photos", nargs="+", help="photo files or folders")
     al.add_argument("--out", required=True, help="output folder: <stem>_<k>.png per face")
-    al.add_argument("--size", type=int, default=32, help="output side, dividing 1024 (default 32)")
+    al.add_argument("--size", type=positive_int, default=32, help="output side, dividing 1024 (default 32)")
 
     demo = sub.add_parser("demo", help="ground truth -> low resolution -> search, written as a sheet")
     demo.add_argument("--model", help="model directory (default: a small random-weight generator)")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--seeds", type=int, default=4)
-    demo.add_argument("--size", type=int, default=8, help="low-resolution side (default 8)")
-    demo.add_argument("--steps", type=int, default=200,
+    demo.add_argument("--seeds", type=positive_int, default=4)
+    demo.add_argument("--size", type=positive_int, default=8, help="low-resolution side (default 8)")
+    demo.add_argument("--steps", type=positive_int, default=200,
                       help="search steps (default 200: the random demo generator converges slower than FFHQ)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed_int, default=0)
     demo.add_argument("--quiet", action="store_true")
     return p
 
@@ -240,7 +274,7 @@ def _upsample_here(args, config, group, log, stop) -> dict:
     from pulse_jax.upsample import OutputOptions, upsample_files
 
     options = run_options_from_args(args)
-    inputs = list_inputs(args.inputs)
+    inputs = list_inputs(args.inputs, log)
     model = load_model(args.model)
     mask = None
     if args.mask:
@@ -257,8 +291,10 @@ def _upsample_here(args, config, group, log, stop) -> dict:
 def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
     from pulse_jax.reports import REPORT_NAME
 
-    ok = sum(e["success"] for e in report["inputs"])
-    print(f"{whose}{len(report['inputs'])} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "
+    this_run = set(report.get("searched", [])) | set(report["skipped"])  # the report also keeps earlier runs'
+    entries = [e for e in report["inputs"] if e["input"] in this_run and not e.get("pending")]
+    ok = sum(e["success"] for e in entries)
+    print(f"{whose}{len(entries)} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "
           f"done), {len(report['failed'])} failed; "
           f"{report.get('seconds', 0.0):.1f}s{'; stopped before the end' if report.get('stopped') else ''}; "
           f"report: {Path(args.out) / REPORT_NAME}")
@@ -274,7 +310,7 @@ def _align(args) -> int:
 
     aligner = FaceAligner()
     failed = 0
-    for path in list_inputs(args.photos):
+    for path in list_inputs(args.photos, lambda m: print(m, file=sys.stderr)):
         try:
             faces = align_photo(aligner, path, args.size)
         except PulseJaxError as e:

@@ -17,10 +17,12 @@ from pulse_jax.degrade import bicubic_downsample
 from pulse_jax.generators import PRESETS
 from pulse_jax.generators.layers import leaky_relu
 from pulse_jax.images import save_png
+from pulse_jax.inputs import check_fit_size
 from pulse_jax.latent_search import search
 from pulse_jax.model import Model, compute_gaussian_fit, load_model
 from pulse_jax.progress import Progress, seed_step_progress
 from pulse_jax.reports import REPORT_NAME, seed_entries, write_json, write_sheet
+from pulse_jax.safe_files import check_writable_folder
 
 DEMO_PRESET = "tiny_128"
 
@@ -43,8 +45,9 @@ def ground_truth(model: Model, key) -> np.ndarray:
 
 def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_size: int = 8,
              steps: int = 200, seed: int = 0, show_progress: bool = True) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out_dir)
     model = load_model(model_dir) if model_dir else random_demo_model(seed)
+    check_fit_size(lr_size, model.generator.resolution, "--size")
     truth = ground_truth(model, jax.random.key(seed + 1000))
     lr = np.asarray(bicubic_downsample(jnp.asarray(truth)[None], model.generator.resolution // lr_size))
     config = PulseConfig(steps=steps)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +20,7 @@ class InputImage:
     name: str           # output stem: the file's stem, or <stem>_<k> for the k-th aligned face
     image: np.ndarray   # (h, h, 3) in [0, 1]
     gray: bool = False  # match luma only (the file had no colour)
+    sha256: str = ""    # of the file's bytes: an edited input is not "already done"
 
 
 @dataclasses.dataclass
@@ -42,7 +45,16 @@ def check_size(image: np.ndarray, resolution: int, path: Path) -> None:
 
 def read_inputs(paths: Sequence[Path], resolution: int, options: InputOptions, out_dir: Path,
                 log: Callable[[str], None]) -> tuple[list[InputImage], list[dict]]:
-    """Files -> search inputs, and a failure entry per file that cannot be one (never fatal)."""
+    """Files -> search inputs, and a failure entry per file that cannot be one (never fatal).
+
+    Options that cannot work for any file (a --fit or --align size that is not a positive divisor of the
+    resolution, a mask of the wrong size) are one PulseJaxError before any file is read."""
+    check_fit_size(options.fit or options.align, resolution, "--fit")
+    if options.mask is not None and (options.fit or options.align):
+        size = options.fit or options.align
+        if options.mask.shape != (size, size):
+            raise PulseJaxError(f"the mask is {options.mask.shape[1]}x{options.mask.shape[0]}, but --fit makes every "
+                                f"input {size}x{size}; they must match")
     items, failed, said_alpha = [], [], False
     aligner = None
     if options.align:
@@ -51,11 +63,16 @@ def read_inputs(paths: Sequence[Path], resolution: int, options: InputOptions, o
         aligner = FaceAligner()
     for path in paths:
         try:
+            shown = printable(path)
+            if shown != str(path):
+                raise PulseJaxError(f"{shown}: the file name is not valid UTF-8 (the report and the outputs "
+                                    "could not name it); rename the file")
+            digest = file_sha256(path)
             if aligner is not None:
                 faces = align_photo(aligner, path, options.align)
                 for k, face in enumerate(faces):
                     save_png(face, out_dir / "aligned" / f"{path.stem}_{k}.png")
-                    items.append(InputImage(path, f"{path.stem}_{k}", face))
+                    items.append(InputImage(path, f"{path.stem}_{k}", face, sha256=digest))
                 log(f"{path}: {len(faces)} face(s) aligned to {options.align}x{options.align}")
                 continue
             loaded = load_image(path)
@@ -67,8 +84,34 @@ def read_inputs(paths: Sequence[Path], resolution: int, options: InputOptions, o
             if options.mask is not None and options.mask.shape != image.shape[:2]:
                 raise PulseJaxError(f"{path}: the mask is {options.mask.shape[1]}x{options.mask.shape[0]}, "
                                     f"the image {image.shape[1]}x{image.shape[0]}; they must match")
-            items.append(InputImage(path, path.stem, image, loaded.gray))
+            items.append(InputImage(path, path.stem, image, loaded.gray, digest))
         except PulseJaxError as e:
-            failed.append({"input": str(path), "error": str(e)})
+            failed.append({"input": printable(path), "error": str(e)})
             log(f"skipped: {e}")
     return items, failed
+
+
+def check_fit_size(size: int | None, resolution: int, flag: str) -> None:
+    """A --fit (or --align) size must be a positive divisor of the resolution: checked before any resize."""
+    if size is None:
+        return
+    if size < 1 or size > resolution or resolution % size:
+        sizes = ", ".join(str(resolution >> k) for k in range(2, 8) if resolution >> k >= 1)
+        raise PulseJaxError(f"{flag} {size}: the size must divide the generator's resolution {resolution}; "
+                            f"use one of {sizes}")
+
+
+def printable(path: Path) -> str:
+    """The path as text that can be written anywhere (a name that is not UTF-8 gets escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise PulseJaxError(f"cannot read {printable(path)}: {e.strerror or e}") from None
+    return h.hexdigest()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import html
 import json
+import math
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pulse_jax.distributed import ProcessGroup
-from pulse_jax.images import atomic_write_bytes, resize, save_png, sheet
+from pulse_jax.images import resize, save_png, sheet
 from pulse_jax.latent_search import SearchResult
+from pulse_jax.safe_files import atomic_write_bytes
 
 REPORT_NAME = "report.json"
 INDEX_NAME = "index.html"
@@ -50,8 +55,46 @@ def write_sheet(path: Path, lr: np.ndarray, result: SearchResult, n: int, truth:
     return save_png(sheet(panels, tile), path)
 
 
+def strict_json(value):
+    """NaN and infinities as null (strict JSON parsers reject NaN/Infinity); everything else as it is."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    text = json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path):
+    """While inside, no other pulse-jax run reads or writes this folder's report (an advisory lock on the
+    folder itself: no lock file to leave behind): concurrent runs into one folder each merge with what
+    the other wrote."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def merge_into_report(path: Path, report: dict, entries: dict[str, dict]) -> dict:
+    """Read ``path``, keep every entry of inputs this run did not touch, put this run's ``entries``
+    (by input name; None removes one) over them, write it with this run's header fields, and return
+    what was written. Call under folder_lock."""
+    on_disk = read_report(path) or {"inputs": []}
+    merged = {e["input"]: e for e in on_disk["inputs"] if isinstance(e, dict) and "input" in e}
+    merged.update(entries)
+    merged = {name: e for name, e in merged.items() if e is not None}  # None: this run dropped the entry
+    report = dict(report, inputs=[merged[name] for name in sorted(merged)])
+    write_json(path, report)
+    return report
 
 
 def read_report(path: Path) -> dict | None:
@@ -74,9 +117,16 @@ def load_previous(out_dir: Path) -> dict[str, dict]:
     return entries
 
 
+def entry_paths(entry: dict) -> list[str]:
+    """Every output file an entry names (finished or planned)."""
+    outputs = entry.get("outputs") or {}
+    paths = [outputs.get("image"), outputs.get("sheet"), outputs.get("search_gif"), *outputs.get("seeds", []),
+             *outputs.get("planned", [])]
+    return [p for p in paths if p]
+
+
 def outputs_exist(entry: dict) -> bool:
-    paths = [entry["outputs"].get("image"), entry["outputs"].get("sheet"), *entry["outputs"].get("seeds", [])]
-    return all(p and Path(p).is_file() for p in paths)
+    return not entry.get("pending") and all(Path(p).is_file() for p in entry_paths(entry))
 
 
 def part_name(index: int, count: int) -> str:
@@ -85,7 +135,7 @@ def part_name(index: int, count: int) -> str:
 
 def merge_parts(out_dir: Path, group: ProcessGroup) -> dict:
     """After every process finished: one report and index.html for the whole job."""
-    merged = {"inputs": [], "failed": [], "skipped": [], "processes": group.count, "seconds": 0.0}
+    merged = {"inputs": [], "failed": [], "skipped": [], "searched": [], "processes": group.count, "seconds": 0.0}
     for k in range(group.count):
         part = read_report(out_dir / part_name(k, group.count))
         if part is not None and part.get("job") != group.job:
@@ -97,11 +147,11 @@ def merge_parts(out_dir: Path, group: ProcessGroup) -> dict:
         merged.update({name: v for name, v in part.items() if name not in merged and name != "stopped"})
         if part.get("stopped"):
             merged["stopped"] = True
-        for field in ("inputs", "failed", "skipped"):
+        for field in ("inputs", "failed", "skipped", "searched"):
             merged[field] += part.get(field, [])
         merged["seconds"] = max(merged["seconds"], part.get("seconds", 0.0))
-    merged["inputs"].sort(key=lambda e: e["input"])
-    write_json(out_dir / REPORT_NAME, merged)
+    with folder_lock(out_dir):  # earlier runs' entries stay; this job's win for its inputs
+        merged = merge_into_report(out_dir / REPORT_NAME, merged, {e["input"]: e for e in merged["inputs"]})
     write_index(out_dir, merged)
     remove_parts(out_dir)
     return merged
@@ -116,7 +166,8 @@ def remove_parts(out_dir: Path) -> None:
 def write_index(out_dir: Path, report: dict) -> Path:
     """index.html: every input's sheet with its figures, and what failed."""
     rows = []
-    for e in report["inputs"]:
+    finished = [e for e in report["inputs"] if not e.get("pending")]
+    for e in finished:
         sheet_name = Path(e["outputs"]["sheet"]).name
         best = e["seeds"][e["best_seed"]]
         status = "within eps" if e["success"] else "NO seed within eps"
@@ -131,7 +182,7 @@ def write_index(out_dir: Path, report: dict) -> Path:
                if report.get("stopped") else "")
     page = (f"<!doctype html><meta charset='utf-8'><title>pulse-jax run</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}img{{max-width:100%}}</style>"
-            f"<h1>pulse-jax: {len(report['inputs'])} inputs, {len(report['failed'])} failed</h1>{stopped}"
+            f"<h1>pulse-jax: {len(finished)} inputs, {len(report['failed'])} failed</h1>{stopped}"
             f"<p>config {html.escape(json.dumps(report.get('config')))}; seeds {report.get('seeds')}; "
             f"resolution {report.get('resolution')}</p>{''.join(rows)}"
             + (f"<h2>Failed</h2><ul>{failed}</ul>" if failed else ""))

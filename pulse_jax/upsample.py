@@ -8,6 +8,8 @@ and colour, batched and searched (batching.py), and what each finished batch lea
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import threading
 import time
 import zlib
@@ -23,23 +25,26 @@ from pulse_jax.degrade import Degradation
 from pulse_jax.distributed import ProcessGroup
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import save_gif, save_png, to_uint8
-from pulse_jax.inputs import InputImage, InputOptions, read_inputs
+from pulse_jax.inputs import InputImage, InputOptions, printable, read_inputs
 from pulse_jax.latent_search import current_images
 from pulse_jax.model import Model
 from pulse_jax.progress import Progress, seed_step_progress
 from pulse_jax.reports import (
     REPORT_NAME,
     best_seed,
+    entry_paths,
+    folder_lock,
     load_previous,
+    merge_into_report,
     merge_parts,
     outputs_exist,
     part_name,
     remove_parts,
     seed_entries,
     write_index,
-    write_json,
     write_sheet,
 )
+from pulse_jax.safe_files import check_writable_folder, remove_stale_temporaries
 
 ALONE = ProcessGroup()
 
@@ -51,11 +56,6 @@ class _Stopped(Exception):
 def image_key(base_seed: int, name: str) -> jax.Array:
     """An input's key depends on the seed and its name only, not on what runs beside it."""
     return jax.random.fold_in(jax.random.key(base_seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
-
-
-def run_key(config: PulseConfig, seeds: int, seed: int, precision: str, resolution: int) -> str:
-    """What must match for an earlier result to count as this run's (config hash and the rest)."""
-    return f"{config.hash()}-s{seeds}-seed{seed}-{precision}-r{resolution}"
 
 
 def with_gray(config: PulseConfig) -> PulseConfig:
@@ -120,43 +120,36 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     process is given the same inputs and searches its share (by file name); each writes its own part
     report, and process 0 merges them into the report and index.html at the end (``finish_job``).
     """
-    options = options or RunOptions()
+    options = (options or RunOptions()).resolved()
     outputs = outputs or OutputOptions()
     input_options = input_options or InputOptions()
-    if Degradation.parse(config.degradation).mask and input_options.mask is None:
+    degradation = Degradation.parse(config.degradation)
+    if degradation.mask and input_options.mask is None:
         raise PulseJaxError(f"degradation {config.degradation!r} needs a mask: pass --mask MASK.png")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if input_options.mask is not None and not degradation.mask:
+        raise PulseJaxError(f"--mask is given, but --degradation {config.degradation!r} has no +mask, so the mask "
+                            f"would be ignored: add +mask (--degradation {config.degradation}+mask) or drop --mask")
+    check_out_dir(out_dir, inputs)
+    check_writable_folder(out_dir)
     report_path = out_dir / (REPORT_NAME if processes.count == 1 else part_name(processes.index, processes.count))
     resolution = model.generator.resolution
-    key = run_key(config, seeds, seed, options.precision, resolution)
-    previous = load_previous(out_dir)
+    key = run_key(model, config, options, seeds, seed, input_options)
+    with folder_lock(out_dir):
+        remove_stale_temporaries(out_dir)
+        previous = load_previous(out_dir)
     report = {"config": config.to_dict(), "config_hash": config.hash(), "run_key": key, "seeds": seeds,
               "seed": seed, "resolution": resolution, "architecture": model.generator.architecture,
-              "precision": options.precision, "run_options": options.to_dict(), "inputs": [],
-              "failed": [], "skipped": []}
+              "model_checksum": model.checksum, "precision": options.precision, "run_options": options.to_dict(),
+              "inputs": [], "failed": [], "skipped": [], "searched": []}
     if processes.count > 1:
         report["job"] = processes.job
     mine = processes.share([path.stem for path in inputs])
     items, report["failed"] = read_inputs([p for p in inputs if p.stem in mine], resolution, input_options, out_dir,
                                           log)
-    todo: list[InputImage] = []
-    names: dict[str, Path] = {}
-    for item in items:
-        done = previous.get(item.name)
-        if item.name in names:
-            report["failed"].append({"input": str(item.path),
-                                     "error": f"{item.path}: same output name as {names[item.name]}; rename one"})
-        elif done is not None and done["run_key"] == key and outputs_exist(done) and not outputs.overwrite:
-            report["inputs"].append(done)
-            report["skipped"].append(item.name)
-            log(f"already done with these settings: {item.name} (kept; --overwrite redoes it)")
-        elif (out_dir / f"{item.name}.png").exists() and not outputs.overwrite:
-            report["failed"].append({"input": str(item.path), "error": (
-                f"{item.path}: {out_dir / (item.name + '.png')} exists from other settings; pass --overwrite "
-                "to replace it, or choose another --out")})
-        else:
-            todo.append(item)
-        names.setdefault(item.name, item.path)
+    todo, kept, refused = plan(items, previous, out_dir, inputs, seeds, key, outputs, log)
+    report["failed"] += refused
+    report["skipped"] = sorted(kept)
+    entries: dict[str, dict] = dict(kept)
     groups: dict[tuple[int, bool], list[InputImage]] = {}
     for item in todo:
         groups.setdefault((item.image.shape[0], item.gray), []).append(item)
@@ -171,9 +164,12 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     bar = Progress(len(todo) * seeds * config.steps, label, "seed-steps", enabled=show_progress)
     started = time.perf_counter()
 
-    def save_report():
+    def save_report(batch_entries: dict[str, dict] | None = None):
+        nonlocal report
+        entries.update(batch_entries or {})
         report["seconds"] = time.perf_counter() - started
-        write_json(report_path, report)
+        with folder_lock(out_dir):  # merged with what other runs into this folder wrote meanwhile
+            report = merge_into_report(report_path, report, entries)
         if processes.count == 1:  # a job's index is written once, from every process's part
             write_index(out_dir, report)
 
@@ -181,6 +177,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
         if stop is not None and stop.is_set():
             raise _Stopped
 
+    current: list[InputImage] = []
     shared = _Batch(model, out_dir, options, outputs, seeds, seed, input_options.mask, bar, check_stop, log,
                     MemoryLimit())
     try:
@@ -188,11 +185,18 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
             group_config = with_gray(config) if gray else config
             for batch in batches(group, batch_size, seeds, devices):
                 check_stop()
-                entries = _run_batch(shared, batch, group_config)
-                report["inputs"] += [dict(e, run_key=key) for e in entries]
-                save_report()
+                # Pending first: a kill between an input's files and its entry leaves the entry pending,
+                # so a rerun knows those files are this program's unfinished work and redoes them.
+                save_report({item.name: pending_entry(item, out_dir, seeds, outputs, key) for item in batch})
+                current = batch
+                done, diverged = _run_batch(shared, batch, group_config)
+                report["searched"] += [item.name for item in batch]
+                report["failed"] += diverged
+                save_report({name: None if e is None else dict(e, run_key=key) for name, e in done.items()})
     except _Stopped:
         report["stopped"] = True
+        # The batch being searched wrote nothing (its outputs come after the search): not pending.
+        entries.update({item.name: previous.get(item.name) for item in current})
     save_report()
     if processes.count == 1 and not report.get("stopped"):
         remove_parts(out_dir)
@@ -224,9 +228,16 @@ def _run_batch(run: _Batch, batch: list[InputImage], config: PulseConfig) -> lis
     result = search_fitting(run.model, lr, config, run.options, seeds, keys,
                             on_chunk=seed_step_progress(run.bar, after_chunk), log=run.log, masks=masks,
                             limit=run.limit)
-    entries = []
+    done, diverged = {}, []
     for n, item in enumerate(batch):
         stem = item.name
+        if result.diverged[n].all():  # nothing finite to show: a failure, not a black image called a result
+            diverged.append({"input": printable(item.path), "error": (
+                f"{printable(item.path)}: all {seeds} seeds diverged (NaN or infinity in the loss or its gradient); "
+                "nothing was written for it: check the model (pulse-jax convert refuses non-finite weights) and "
+                "the input")})
+            done[item.name] = None
+            continue
         k = best_seed(result, n)
         outputs = {"image": str(save_png(result.images[n, k], out_dir / f"{stem}.png")),
                    "sheet": str(write_sheet(out_dir / f"{stem}_sheet.png", item.image, result, n))}
@@ -237,12 +248,106 @@ def _run_batch(run: _Batch, batch: list[InputImage], config: PulseConfig) -> lis
         if run.outputs.save_intermediate and whole:
             outputs["search_gif"] = str(save_gif([f[n, k] for f in whole], out_dir / f"{stem}_search.gif"))
         success = bool(result.success[n].any())
-        entries.append({"input": item.name, "file": str(item.path), "size": int(lr.shape[1]),
-                        "degradation": config.degradation, "best_seed": k, "success": success,
-                        "outputs": outputs, "seeds": seed_entries(result, n),
-                        "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds})
+        done[item.name] = {"input": item.name, "file": str(item.path), "input_sha256": item.sha256,
+                           "size": int(lr.shape[1]), "degradation": config.degradation, "best_seed": k,
+                           "success": success, "outputs": outputs, "seeds": seed_entries(result, n),
+                           "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds}
         if not success:
             run.bar.write(f"note: {item.name}: no seed reached eps={config.eps} "
                           f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and flagged in "
                           "the report")
-    return entries
+    return done, diverged
+
+
+def planned_outputs(out_dir: Path, name: str, seeds: int, outputs: OutputOptions) -> list[Path]:
+    """Every file this run will write for the input ``name`` (checked for clashes before any search)."""
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}_sheet.png"]
+    if outputs.all_seeds:
+        paths += [out_dir / f"{name}_seed{s}.png" for s in range(seeds)]
+    if outputs.save_intermediate:
+        paths.append(out_dir / f"{name}_search.gif")
+    return paths
+
+
+def pending_entry(item: InputImage, out_dir: Path, seeds: int, outputs: OutputOptions, key: str) -> dict:
+    """An input about to be searched and written: its planned files belong to this program."""
+    planned = [str(p) for p in planned_outputs(out_dir, item.name, seeds, outputs)]
+    return {"input": item.name, "file": str(item.path), "input_sha256": item.sha256, "run_key": key,
+            "pending": True, "outputs": {"image": planned[0], "sheet": planned[1], "planned": planned[2:]}}
+
+
+def check_out_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
+    """--out may not be a folder the inputs come from: outputs would mix with the inputs, replace them
+    (a.png is both an input and an output name), and be read as inputs by the next run."""
+    folders = {p.resolve().parent for p in inputs}
+    if out_dir.resolve() in folders:
+        example = next(p for p in inputs if p.resolve().parent == out_dir.resolve())
+        raise PulseJaxError(f"--out {out_dir} is the folder of the input {printable(example)}: the outputs would mix "
+                            "with the inputs and could replace them; choose another --out")
+
+
+def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inputs: Sequence[Path], seeds: int,
+         key: str, outputs: OutputOptions, log: Callable[[str], None]):
+    """-> (inputs to search, {name: entry} already done and kept, failure entries).
+
+    Every file a run would write is checked before any search: against the other inputs of this run,
+    against the files earlier runs wrote for other inputs (the report says whose each file is), against
+    the input files themselves, and against files of unknown origin (kept unless --overwrite)."""
+    input_files = {p.resolve() for p in inputs}
+    owner: dict[Path, str] = {}
+    for name, entry in previous.items():
+        for path in entry_paths(entry):
+            owner[Path(path).resolve()] = name
+    todo, kept, failed, claimed, names = [], {}, [], {}, {}
+    for item in items:
+        planned = [p.resolve() for p in planned_outputs(out_dir, item.name, seeds, outputs)]
+        done = previous.get(item.name)
+        where = printable(item.path)
+        clash = next((p for p in planned if claimed.get(p, item.name) != item.name), None)
+        taken = next((p for p in planned if owner.get(p, item.name) != item.name), None)
+        over_input = next((p for p in planned if p in input_files), None)
+        if item.name in names:
+            reason = f"{where}: same output name as {printable(names[item.name])}; rename one"
+        elif clash is not None:
+            reason = f"{where}: its output {clash.name} is also an output of {claimed[clash]}; rename one"
+        elif taken is not None:
+            reason = (f"{where}: its output {taken.name} was written for the input {owner[taken]} by an earlier "
+                      "run into this folder; rename one, or choose another --out")
+        elif over_input is not None:
+            reason = f"{where}: its output would replace the input file {over_input}; choose another --out"
+        elif (done is not None and not outputs.overwrite and done.get("run_key") == key and outputs_exist(done)
+              and done.get("input_sha256") == item.sha256):
+            kept[item.name] = done
+            log(f"already done with these settings: {item.name} (kept; --overwrite redoes it)")
+            reason = None
+        else:
+            reason = None
+            ours = done is not None and done.get("pending")  # unfinished by an earlier run: redo, replacing
+            existing = next((p for p in planned if p.exists()), None)
+            if existing is not None and not ours and not outputs.overwrite:
+                why = ("from other settings (or another version of the input)" if done is not None else
+                       "and is not recorded as an output of this folder's runs")
+                reason = (f"{where}: {existing} exists {why}; pass --overwrite to replace it, or choose another "
+                          "--out")
+            else:
+                todo.append(item)
+        if reason is not None:
+            failed.append({"input": where, "error": reason})
+        else:
+            claimed.update({p: item.name for p in planned})
+        names.setdefault(item.name, item.path)
+    return todo, kept, failed
+
+
+def run_key(model: Model, config: PulseConfig, options: RunOptions, seeds: int, seed: int,
+            input_options: InputOptions) -> str:
+    """What must match for an earlier result to count as this run's: everything that changes a result
+    (config, seeds, seed, precision and remat, the model's checksum, --fit / --align, the mask's pixels).
+    The input file's own hash is kept per entry."""
+    mask = input_options.mask
+    extra = json.dumps({"model": model.checksum, "remat": options.remat, "fit": input_options.fit,
+                        "align": input_options.align,
+                        "mask": None if mask is None else hashlib.sha256(np.ascontiguousarray(mask)).hexdigest()},
+                       sort_keys=True)
+    digest = hashlib.sha256(extra.encode()).hexdigest()[:12]
+    return f"{config.hash()}-s{seeds}-seed{seed}-{options.precision}-r{model.generator.resolution}-{digest}"

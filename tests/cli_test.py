@@ -40,9 +40,11 @@ def test_upsample_folder_writes_every_input(small_model_dir, tmp_path):
     assert "Traceback" not in r.stderr
     assert "wrong.png: size 24 does not divide" in r.stderr and "broken.png" in r.stderr
     report = json.loads((out / "report.json").read_text())
-    # Grouped by (size, gray): 16 px first, then the 32 px colour one, then the 32 px gray one.
-    assert [Path(e["file"]).name for e in report["inputs"]] == ["b.png", "a.png", "c.png"]
+    # The report lists inputs by name (it merges runs); grouped by (size, gray) for the search, the gray
+    # one compared in luma.
+    assert [Path(e["file"]).name for e in report["inputs"]] == ["a.png", "b.png", "c.png"]
     assert [e["degradation"] for e in report["inputs"]] == ["bicubic", "bicubic", "bicubic+gray"]
+    assert [e["size"] for e in report["inputs"]] == [32, 16, 32]
     assert (out / "index.html").is_file() and "c_sheet.png" in (out / "index.html").read_text()
     assert {Path(f["input"]).name for f in report["failed"]} == {"wrong.png", "broken.png"}
     assert report["config"]["bad_noise_layers"] == [12, 13] and report["config"]["steps"] == 3
@@ -157,8 +159,14 @@ def test_ctrl_c_keeps_what_is_finished(small_model_dir, tmp_path):
                              str(tmp_path / "in1.png"), "--model", str(small_model_dir), "--out", str(out),
                              "--steps", "300", "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def in0_finished():  # the report is written before each search too (its entry pending until done)
+        try:
+            return any(not e.get("pending") for e in json.loads((out / "report.json").read_text())["inputs"])
+        except (OSError, ValueError):
+            return False
+
     deadline = time.monotonic() + 600
-    while not (out / "report.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not in0_finished() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
@@ -190,9 +198,9 @@ def test_a_signal_sets_stop_and_a_second_one_interrupts():
     said, stop = [], threading.Event()
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt), stop_on_signals(stop, said.append) as received:
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # handled before it returns (see the test below)
         assert stop.is_set() and received == [signal.SIGTERM] and "SIGTERM: stopping" in said[0]
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -212,7 +220,11 @@ def test_a_ctrl_c_during_a_gc_callback_still_stops(monkeypatch):
     def ctrl_c_in_gc(phase, info):
         if phase == "start" and not fired:
             fired.append(phase)
-            os.kill(os.getpid(), signal.SIGINT)
+            # raise_signal, not os.kill: in a multi-threaded process os.kill's signal may be taken by
+            # another thread and handled after the callback has returned (this test failed once so on
+            # a loaded machine). raise_signal delivers to this thread and runs the Python-level handler
+            # before it returns, so the handler runs inside the callback every time.
+            signal.raise_signal(signal.SIGINT)
 
     gc.callbacks.append(ctrl_c_in_gc)  # the interpreter holds this very list: patch it in place
     try:
@@ -225,3 +237,39 @@ def test_a_ctrl_c_during_a_gc_callback_still_stops(monkeypatch):
     finally:
         gc.callbacks.remove(ctrl_c_in_gc)
     assert stop.is_set() and received == [signal.SIGINT] and dropped == [KeyboardInterrupt]
+
+
+def test_bad_flags_are_one_line_not_a_traceback(tiny_model_dir, tmp_path):
+    write_png(tmp_path / "x.png", 16, 0)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    up = ["upsample", tmp_path / "x.png", "--model", tiny_model_dir]
+    cases = [
+        (up + ["--out", tmp_path / "o", "--bad-noise-layers", "abc"], "write layer indices"),
+        (up + ["--out", tmp_path / "o", "--fit", "-4"], "must be at least 1"),
+        (up + ["--out", tmp_path / "o", "--fit", "100000"], "--fit 100000: the size must divide"),
+        (up + ["--out", tmp_path / "o", "--seed", str(2**70)], "must be from 0 to 2**63 - 1"),
+        (up + ["--out", a_file], "is a file, not a folder"),
+        (up + ["--out", a_file / "sub"], "cannot create the folder"),
+        (up + ["--out", tmp_path / "o", "--mask", tmp_path / "x.png"], "so the mask would be ignored"),
+        (["demo", "--size", "0", "--out", tmp_path / "d"], "must be at least 1"),
+        (["demo", "--size", "3", "--out", tmp_path / "d", "--model", tiny_model_dir], "--size 3: the size must"),
+        (["demo", "--out", a_file], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        r = pulse_jax(*args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_folder_says_what_it_skipped(tiny_model_dir, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    write_png(d / "a.png", 16, 0)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "anim.gif")
+    (d / "README").write_text("not an image")
+    r = pulse_jax("upsample", d, "--model", tiny_model_dir, "--out", tmp_path / "o", "--steps", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "skipped 1 file(s) that are not images by their name (README)" in r.stderr
+    assert sorted(e["input"] for e in json.loads((tmp_path / "o" / "report.json").read_text())["inputs"]) == \
+        ["a", "anim"]

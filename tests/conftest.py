@@ -90,3 +90,11 @@ def tiny(gaussian_fit):
 
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
     return model.with_gaussian_fit((gaussian_fit["mean"].numpy(), gaussian_fit["std"].numpy()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny, tmp_path_factory):
+    """``tiny`` as a model directory, for command-line runs that must be quick."""
+    import pulse_jax as pj
+
+    return pj.save_model(tiny, tmp_path_factory.mktemp("models") / "tiny")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from PIL import Image
 import pulse_jax as pj
 from pulse_jax import batching
 from pulse_jax import upsample as upsample_module
+from pulse_jax.inputs import InputOptions
 from pulse_jax.latent_search import search as real_search
 from pulse_jax.upsample import OutputOptions, upsample_files
 
@@ -178,3 +181,160 @@ def test_stop_before_the_start_searches_nothing(tiny, tmp_path):
     stop.set()
     report = run(tiny, mixed_folder(tmp_path)[:1], tmp_path / "out", stop=stop)
     assert report["stopped"] and not report["inputs"] and not (tmp_path / "out" / "a.png").exists()
+
+
+def digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def png(path, seed, size=16):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_out_equal_to_an_input_folder_is_refused(tiny, tmp_path):
+    a = png(tmp_path / "a.png", 0)
+    for overwrite in (False, True):
+        with pytest.raises(pj.PulseJaxError, match="is the folder of the input"):
+            run(tiny, [a], tmp_path, overwrite=overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_every_output_name_is_checked_for_clashes(tiny, tmp_path):
+    """x.png, x_sheet.png and x_seed0.jpg overwrote each other's sheet and seed images, with exit 0."""
+    d = tmp_path / "in"
+    d.mkdir()
+    inputs = [png(d / "x.png", 0), png(d / "x_seed0.png", 1), png(d / "x_sheet.png", 2)]
+    out = tmp_path / "out"
+    report = run(tiny, inputs, out, seeds=2, all_seeds=True)
+    assert [e["input"] for e in report["inputs"]] == ["x"]
+    errors = {Path(f["input"]).name: f["error"] for f in report["failed"]}
+    assert "x_seed0.png is also an output of x" in errors["x_seed0.png"]
+    assert "x_sheet.png is also an output of x" in errors["x_sheet.png"]
+    # Across runs: the report says whose each file is.
+    later = run(tiny, [inputs[1]], out, seeds=2, overwrite=True)
+    assert "was written for the input x by an earlier run" in later["failed"][0]["error"]
+    assert digests(out)["x_seed0.png"] == digests(out)["x_seed0.png"]  # still x's seed 0
+    assert Image.open(out / "x_seed0.png").size == (128, 128)
+
+
+def test_the_report_keeps_earlier_work(tiny, tmp_path):
+    """A run on other inputs, or with other settings, rewrote report.json with only its own inputs;
+    afterwards the first command refused its own finished inputs."""
+    a, b = png(tmp_path / "a.png", 0), png(tmp_path / "b.png", 1)
+    out = tmp_path / "out"
+    run(tiny, [a], out)
+    run(tiny, [b], out)
+    other = run(tiny, [a], out, config=pj.PulseConfig(steps=3))
+    assert "from other settings" in other["failed"][0]["error"]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert [e["input"] for e in on_disk["inputs"]] == ["a", "b"]
+    again = run(tiny, [a, b], out)
+    assert again["skipped"] == ["a", "b"] and not again["failed"] and again["searched"] == []
+    assert "a_sheet.png" in (out / "index.html").read_text() and "b_sheet.png" in (out / "index.html").read_text()
+
+
+def dead_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_unfinished_output_is_redone_and_temporaries_cleaned(tiny, tmp_path):
+    """Killed between a.png and its report entry: the rerun said 'exists from other settings'."""
+    from pulse_jax.safe_files import _HOST, TEMP_MARK
+
+    a = png(tmp_path / "a.png", 0)
+    out = tmp_path / "out"
+    run(tiny, [a], out)
+    report = json.loads((out / "report.json").read_text())
+    report["inputs"][0] = {**report["inputs"][0], "pending": True}  # as the kill leaves it
+    (out / "report.json").write_text(json.dumps(report))
+    stale = out / f".a_sheet.png{TEMP_MARK}{_HOST}-{dead_pid()}-abc"
+    stale.write_bytes(b"half")
+    live = out / f".b.png{TEMP_MARK}{_HOST}-{os.getpid()}-abc"  # a concurrent live writer's: left alone
+    live.write_bytes(b"in progress")
+    again = run(tiny, [a], out)
+    assert again["searched"] == ["a"] and not again["failed"] and not again["inputs"][0].get("pending")
+    assert not stale.exists() and live.exists()
+
+
+def test_already_done_means_everything_that_changes_the_result_is_the_same(tiny, tmp_path):
+    """Another --fit, mask, model or an edited input file was skipped as done."""
+    a = png(tmp_path / "a.png", 0, size=20)
+    out = tmp_path / "out"
+    assert run(tiny, [a], out, input_options=InputOptions(fit=16))["searched"] == ["a"]
+    assert run(tiny, [a], out, input_options=InputOptions(fit=16))["skipped"] == ["a"]
+    assert "other settings" in run(tiny, [a], out, input_options=InputOptions(fit=32))["failed"][0]["error"]
+    other_model = tiny.with_gaussian_fit((np.asarray(tiny.gaussian_fit[0]) + 0.01, np.asarray(tiny.gaussian_fit[1])))
+    assert "other settings" in run(other_model, [a], out, input_options=InputOptions(fit=16))["failed"][0]["error"]
+    png(a, 1, size=20)  # the input edited
+    edited = run(tiny, [a], out, input_options=InputOptions(fit=16))
+    assert not edited["skipped"] and "other version of the input" in edited["failed"][0]["error"]
+    masked = pj.PulseConfig(steps=2, degradation="bicubic+mask")
+    b = png(tmp_path / "b.png", 2)
+    half = np.zeros((16, 16), np.float32)
+    half[:8] = 1
+    assert run(tiny, [b], out, config=masked, input_options=InputOptions(mask=half))["searched"] == ["b"]
+    other_mask = run(tiny, [b], out, config=masked, input_options=InputOptions(mask=1 - half))
+    assert not other_mask["skipped"] and "other settings" in other_mask["failed"][0]["error"]
+
+
+def test_all_seeds_diverged_is_a_failure_and_the_report_is_strict_json(tiny, tmp_path):
+    """A search whose seeds all diverged wrote a black image, printed 'lowest MSE inf', exited 0, and
+    report.json held NaN/Infinity."""
+    nan_fit = (np.full(512, np.nan, np.float32), np.ones(512, np.float32))
+    out = tmp_path / "out"
+    report = run(tiny.with_gaussian_fit(nan_fit), [png(tmp_path / "a.png", 0)], out, seeds=2)
+    assert "all 2 seeds diverged" in report["failed"][0]["error"] and not report["inputs"]
+    assert not (out / "a.png").exists()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in report.json")
+
+    json.loads((out / "report.json").read_text(), parse_constant=refuse)
+    from pulse_jax.reports import write_json
+
+    write_json(out / "x.json", {"v": [float("nan"), float("inf"), 1.5]})
+    assert json.loads((out / "x.json").read_text(), parse_constant=refuse) == {"v": [None, None, 1.5]}
+
+
+def test_mask_without_plus_mask_is_an_error(tiny, tmp_path):
+    with pytest.raises(pj.PulseJaxError, match=r"has no \+mask, so the mask would be ignored"):
+        run(tiny, [png(tmp_path / "a.png", 0)], tmp_path / "out",
+            input_options=InputOptions(mask=np.ones((16, 16), np.float32)))
+
+
+def test_a_file_name_that_is_not_utf8_is_one_failure(tiny, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    bad = Path(os.fsdecode(bytes(d) + b"/caf\xe9.png"))
+    png(bad, 0)
+    png(d / "ok.png", 1)
+    out = tmp_path / "out"
+    report = run(tiny, sorted(d.iterdir()), out)
+    assert [e["input"] for e in report["inputs"]] == ["ok"]
+    assert "not valid UTF-8" in report["failed"][0]["error"] and "caf\\xe9.png" in report["failed"][0]["input"]
+    json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize(("fit", "message"), [(-4, "--fit -4"), (100_000, "--fit 100000"), (24, "--fit 24")])
+def test_a_fit_that_cannot_work_is_refused_before_reading(tiny, tmp_path, fit, message):
+    with pytest.raises(pj.PulseJaxError, match=f"{message}: the size must divide"):
+        run(tiny, [png(tmp_path / "a.png", 0)], tmp_path / "out", input_options=InputOptions(fit=fit))
+
+
+def test_outputs_follow_the_umask(tiny, tmp_path):
+    old = os.umask(0o027)
+    try:
+        run(tiny, [png(tmp_path / "a.png", 0)], tmp_path / "out")
+    finally:
+        os.umask(old)
+    # what open() would give under umask 027, where mkstemp alone gave 0600
+    assert (tmp_path / "out" / "a.png").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "out" / "report.json").stat().st_mode & 0o777 == 0o640

@@ -110,8 +110,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
       success (lowest MSE <= eps), best step, and the final latents and noise.
     """
     config = config or PulseConfig()
-    options = options or RunOptions()
-    step_loop = options.step_loop or programs.default_step_loop()
+    options = (options or RunOptions()).resolved()
+    step_loop = options.step_loop
     lr_images = jnp.asarray(lr_images, jnp.float32)
     spec = make_spec(model.generator, config, lr_images.shape[1], options)
     check_inputs(model, lr_images, init, seeds, spec.latent_rows)
@@ -172,7 +172,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
 def current_images(model: Model, config: PulseConfig, lr_size: int, state: SearchState,
                    options: RunOptions | None = None) -> np.ndarray:
     """(N, S, R, R, 3) images of a running search's current values (for --save-intermediate)."""
-    options = options or RunOptions()
+    options = (options or RunOptions()).resolved()
     spec = make_spec(model.generator, config, lr_size, options)
     gen_params = model.search_params(transposed_conv=options.transposed_conv)
     return np.asarray(programs.images_of(spec, state.params, state.fixed_noise, gen_params, model.gaussian_fit))

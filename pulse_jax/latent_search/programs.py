@@ -6,6 +6,7 @@ arguments (never constants) shared by every example; the state is donated to eac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -67,23 +68,21 @@ PROGRAMS = (init_states, run_steps, run_one_step, images_of)
 
 
 def default_step_loop() -> str:
-    """"device": a chunk's steps in a fori_loop inside one compiled call. "host": one step per call and
-    Python loops; XLA:CPU runs convolutions inside while-loop bodies ~3x slower than the same program
-    unrolled (measured on this search; jax-ml/jax#12868), and on a CPU the per-call dispatch (~0.1 ms)
-    is nothing beside a step (~100 ms)."""
-    return "host" if jax.default_backend() == "cpu" else "device"
+    """This backend's step loop when none is asked for (the reason: RunOptions.resolved)."""
+    return RunOptions().resolved().step_loop
 
 
 def compile_step_program(model, seeds: int, lr_size: int, options: RunOptions | None = None):
     """The step program a search of one image at this seed count runs (``options.step_loop`` "host":
     one step; "device": a fori_loop of steps; default "host"), compiled for the default device and not
     run: for its memory and cost analyses."""
-    options = options or RunOptions(step_loop="host")
+    options = dataclasses.replace(options or RunOptions(), step_loop=(options and options.step_loop) or "host")
+    options = options.resolved()
     spec = make_spec(model.generator, PulseConfig(), lr_size, options)
     state = jax.eval_shape(lambda: init_states(spec, seed_keys(jax.random.key(0), 1, seeds), None, None))
     lr = jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32)
     gen, fit = model.search_params(transposed_conv=options.transposed_conv), model.gaussian_fit
-    if (options.step_loop or "host") == "device":
+    if options.step_loop == "device":
         return run_steps.lower(spec, state, jnp.int32(2), lr, None, gen, fit).compile()
     return run_one_step.lower(spec, state, lr, None, gen, fit).compile()
 
