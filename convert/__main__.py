@@ -1,4 +1,4 @@
-"""``python -m convert``: PULSE's PyTorch checkpoints -> a pulse-jax model directory."""
+"""``python -m convert``: PULSE's checkpoints, or a StyleGAN2 network file -> a pulse-jax model directory."""
 
 from __future__ import annotations
 
@@ -11,15 +11,21 @@ from pulse_jax.errors import PulseJaxError
 def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Convert PULSE's StyleGAN v1 checkpoints (synthesis.pt, mapping.pt, gaussian_fit.pt) "
-        "into a pulse-jax model directory. Files are read with torch.load(weights_only=True): "
-        "a checkpoint that carries code is refused.",
+        description="Convert PULSE's StyleGAN v1 checkpoints (--synthesis, --mapping, --gaussian-fit) or a "
+        "StyleGAN2 generator (--network: an NVIDIA stylegan2-ada-pytorch network pickle or a rosinality "
+        "checkpoint) into a pulse-jax model directory. No code from any file runs: torch files are read with "
+        "torch.load(weights_only=True), network pickles with an unpickler that resolves only the globals a "
+        "network pickle needs and never runs the source code they carry.",
     )
-    p.add_argument("--synthesis", required=True, help="PULSE's synthesis.pt (state dict of the synthesis network)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--network", help="a StyleGAN2 generator: NVIDIA's network pickle (G_ema is used, else G) "
+                        "or rosinality's .pt (g_ema, latent_avg); the kind is read from the content")
+    source.add_argument("--synthesis", help="PULSE's synthesis.pt (state dict of the synthesis network)")
     p.add_argument("--mapping", help="PULSE's mapping.pt (needed for model.map and to compute the gaussian fit)")
     p.add_argument("--gaussian-fit", help="PULSE's gaussian_fit.pt ({'mean', 'std'}); "
                    "computed from --mapping when not given")
-    p.add_argument("--gaussian-fit-samples", type=int, default=1_000_000,
+    p.add_argument("--gaussian-fit-samples", "--fit-samples", dest="gaussian_fit_samples", type=int,
+                   default=1_000_000,
                    help="samples for computing the gaussian fit (default: 1,000,000, as the reference)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -30,13 +36,23 @@ def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m convert") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        from convert.pulse import convert
+        if args.network is not None:
+            from convert.network import convert_network
 
-        out = convert(
-            synthesis=args.synthesis, mapping=args.mapping, gaussian_fit=args.gaussian_fit,
-            out=args.out, overwrite=args.overwrite, gaussian_fit_samples=args.gaussian_fit_samples,
-            verbose=not args.quiet,
-        )
+            if args.mapping is not None:
+                raise PulseJaxError("--mapping goes with --synthesis (PULSE's files); a --network file holds "
+                                    "its mapping network")
+            out = convert_network(network=args.network, out=args.out, gaussian_fit=args.gaussian_fit,
+                                  overwrite=args.overwrite, gaussian_fit_samples=args.gaussian_fit_samples,
+                                  verbose=not args.quiet)
+        else:
+            from convert.pulse import convert
+
+            out = convert(
+                synthesis=args.synthesis, mapping=args.mapping, gaussian_fit=args.gaussian_fit,
+                out=args.out, overwrite=args.overwrite, gaussian_fit_samples=args.gaussian_fit_samples,
+                verbose=not args.quiet,
+            )
     except PulseJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

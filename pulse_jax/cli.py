@@ -18,7 +18,8 @@ from pulse_jax.host_memory import relaunch_with_huge_pages
 
 _HELP = {
     "loss_str": "loss as a sum of WEIGHT*NAME terms (L2, L1, GEOCROSS)",
-    "eps": "success threshold on the downscaling MSE; the L2/L1 terms are clamped at it",
+    "eps": "success threshold on the downscaling MSE; the L2/L1 terms are clamped at it (default: PULSE's 2e-3; "
+           "with noise:SIGMA, SIGMA^2, what a perfect image scores against the noisy input)",
     "noise_type": "zero, fixed or trainable noise maps",
     "num_trainable_noise_layers": "with trainable noise: optimise the maps of layers below this",
     "bad_noise_layers": "layers whose noise is zero, e.g. '17' or '16.17' (default: the last layer)",
@@ -27,9 +28,23 @@ _HELP = {
     "learning_rate": "base learning rate",
     "steps": "optimisation steps",
     "lr_schedule": "fixed, linear1cycle or linear1cycledrop",
-    "degradation": "how the output must match the input: bicubic (PULSE's), box or gaussian[:SIGMA] downscaling, "
-                   "optionally +gray (luma only; automatic for grayscale inputs) and +mask (with --mask)",
+    "degradation": "how the output must match the input, terms joined by '+': kernel:FILE (a blur kernel, .npy or "
+                   "grayscale image), then bicubic (PULSE's), box or gaussian[:SIGMA] downscaling, then "
+                   "bayer[:RGGB|BGGR|GRBG|GBRG] (the input is a colour-filter mosaic) or gray (luma only; automatic "
+                   "for grayscale inputs), +mask (with --mask), +noise:SIGMA (the input is noisy; sets eps). "
+                   "Examples below",
 }
+
+
+PROBLEMS = """problems and their flags (an input at the model's resolution is factor 1: no downscaling):
+  super-resolution        (default: bicubic)          pulse-jax upsample faces/ --model M --out runs/
+  noisy tiny faces        --degradation bicubic+noise:0.05
+  denoising               --degradation noise:0.05     (inputs at the model's resolution)
+  deblurring              --degradation kernel:blur.npy   (or kernel:blur.png; +box to downscale too)
+  demosaicing             --degradation bayer:RGGB     (a 1-channel mosaic, or RGB: each pixel's filter colour)
+  inpainting              --degradation bicubic+mask --mask known.png
+  colourisation           --degradation bicubic+gray   (automatic for grayscale inputs)
+"""
 
 
 def positive_int(text: str) -> int:
@@ -67,13 +82,14 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     """One flag per PulseConfig field, same defaults; the reference's spellings (-loss_str) work too."""
     for f in dataclasses.fields(PulseConfig):
         names = [f"--{f.name.replace('_', '-')}", f"--{f.name}", f"-{f.name}"]
-        help_text = f"{_HELP[f.name]} (default: {f.default})"
+        help_text = _HELP[f.name] if f.name == "eps" else f"{_HELP[f.name]} (default: {f.default})"
         if f.type in (bool, "bool"):
             p.add_argument(*names, dest=f.name, action="store_true", help=help_text)
         elif f.name == "bad_noise_layers":
             p.add_argument(*names, dest=f.name, type=layers_arg, default=None, help=help_text)
         else:
-            kind = {"int": int, "float": float}.get(f.type, str) if isinstance(f.type, str) else f.type
+            kinds = {"int": int, "float": float, "float | None": float}
+            kind = kinds.get(f.type, str) if isinstance(f.type, str) else f.type
             p.add_argument(*names, dest=f.name, type=kind, default=f.default, help=help_text)
 
 
@@ -122,13 +138,16 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pulse-jax", description="PULSE photo upsampling on StyleGAN v1, in JAX.")
+    p = argparse.ArgumentParser(prog="pulse-jax",
+                                description="PULSE photo upsampling on StyleGAN v1 and StyleGAN2, in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("convert", help="convert PULSE's synthesis.pt / mapping.pt into a model directory",
+    sub.add_parser("convert", help="convert PULSE's synthesis.pt / mapping.pt, or a StyleGAN2 network (NVIDIA's "
+                                   "pickle, rosinality's .pt), into a model directory",
                    add_help=False)
 
-    up = sub.add_parser("upsample", help="upsample low-resolution images (files or folders)")
+    up = sub.add_parser("upsample", help="upsample low-resolution images (files or folders)",
+                        epilog=PROBLEMS, formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("inputs", nargs="+", help="image files or folders of images (square, side dividing R)")
     up.add_argument("--model", required=True, help="model directory from pulse-jax convert")
     up.add_argument("--out", required=True, help="output folder")
@@ -176,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=200,
                       help="search steps (default 200: the random demo generator converges slower than FFHQ)")
     demo.add_argument("--seed", type=seed_int, default=0)
+    demo.add_argument("--arch", choices=("stylegan1", "stylegan2"), default="stylegan1",
+                      help="the random generator's architecture when no --model is given (default stylegan1)")
+    demo.add_argument("--degradation", default="bicubic", metavar="SPEC",
+                      help="how the ground truth becomes the input, as for upsample (e.g. noise:0.05 with "
+                           "--size 128, bayer, kernel:blur.npy+box, bicubic+mask: a centred square unknown)")
     demo.add_argument("--quiet", action="store_true")
     return p
 
@@ -294,8 +318,8 @@ def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
     this_run = set(report.get("searched", [])) | set(report["skipped"])  # the report also keeps earlier runs'
     entries = [e for e in report["inputs"] if e["input"] in this_run and not e.get("pending")]
     ok = sum(e["success"] for e in entries)
-    print(f"{whose}{len(entries)} upsampled ({ok} within eps={config.eps}; {len(report['skipped'])} already "
-          f"done), {len(report['failed'])} failed; "
+    print(f"{whose}{len(entries)} upsampled ({ok} within eps={config.effective_eps:.3g}; "
+          f"{len(report['skipped'])} already done), {len(report['failed'])} failed; "
           f"{report.get('seconds', 0.0):.1f}s{'; stopped before the end' if report.get('stopped') else ''}; "
           f"report: {Path(args.out) / REPORT_NAME}")
     if not whose.startswith("process"):  # a process's failures are listed again in the merged report
@@ -327,10 +351,11 @@ def _demo(args) -> int:
 
     out = Path(args.out)
     report = run_demo(out, args.model, seeds=args.seeds, lr_size=args.size, steps=args.steps, seed=args.seed,
-                      show_progress=not args.quiet)
+                      degradation=args.degradation, architecture=args.arch, show_progress=not args.quiet)
     for s in report["seeds"]:
         print(f"seed {s['seed']}: downscaling MSE {s['min_l2']:.2e} "
               f"({'within' if s['success'] else 'above'} eps), best step {s['best_step']}")
+    print(f"degradation {report['degradation']}, eps {report['eps']:.3g} ({report['eps_reason']})")
     print(f"search {report['seconds']:.1f}s (compile {report['compile_seconds']:.1f}s); "
           f"sheet: {out / 'sheet.png'}, report: {out / 'report.json'}")
     return 0

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 
-from pulse_jax.degrade import Degradation
+from pulse_jax.degrade import PULSE_EPS, Degradation
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.generators import layers as generator_layers
 from pulse_jax.losses import parse_loss_str
@@ -32,10 +32,12 @@ def parse_layers(text: str | int | tuple | list | None) -> tuple[int, ...] | Non
 
 @dataclasses.dataclass(frozen=True)
 class PulseConfig:
-    """The search's options. ``bad_noise_layers=None`` means the generator's last layer (17 at 1024)."""
+    """The search's options. ``bad_noise_layers=None`` means the generator's last layer (17 at 1024);
+    ``eps=None`` means PULSE's 2e-3, or with a ``noise:SIGMA`` degradation what a perfect image scores
+    against the noisy observation (``effective_eps`` and ``eps_reason``)."""
 
     loss_str: str = "100*L2+0.05*GEOCROSS"
-    eps: float = 2e-3
+    eps: float | None = None
     noise_type: str = "trainable"
     num_trainable_noise_layers: int = 5
     bad_noise_layers: tuple[int, ...] | None = None
@@ -58,12 +60,31 @@ class PulseConfig:
             raise PulseJaxError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise PulseJaxError(f"steps must be a positive integer, got {self.steps!r}")
-        if not self.eps >= 0:
+        if self.eps is not None and not self.eps >= 0:
             raise PulseJaxError(f"eps must be >= 0, got {self.eps!r}")
         if not self.learning_rate > 0:
             raise PulseJaxError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.num_trainable_noise_layers < 0:
             raise PulseJaxError("num_trainable_noise_layers must be >= 0")
+
+    @property
+    def effective_eps(self) -> float:
+        """The success threshold (and the L2/L1 clamp) the search uses."""
+        if self.eps is not None:
+            return float(self.eps)
+        implied = Degradation.parse(self.degradation).noise_eps()
+        return PULSE_EPS if implied is None else implied
+
+    @property
+    def eps_reason(self) -> str:
+        """Why ``effective_eps`` is what it is, in words for the report."""
+        if self.eps is not None:
+            return "given"
+        noise = Degradation.parse(self.degradation).noise
+        if noise is None:
+            return "PULSE's default"
+        return (f"noise:{noise:g} in the observation: a perfect image's expected downscaling MSE against it is "
+                f"SIGMA^2 = {noise * noise:g}")
 
     def loss_terms(self) -> tuple[tuple[float, str], ...]:
         return parse_loss_str(self.loss_str)
@@ -92,6 +113,7 @@ class PulseConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        d["eps"] = self.effective_eps  # the number used (eps_reason says why): hashes as before eps was optional
         d["bad_noise_layers"] = None if self.bad_noise_layers is None else list(self.bad_noise_layers)
         return d
 

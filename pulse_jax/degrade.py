@@ -1,9 +1,14 @@
-"""Downscaling operators: pure functions of an image batch (B, H, W, C)."""
+"""Forward models: how a generated image becomes the observation it must match.
+
+Pure functions of an image batch (B, H, W, C): a user's blur kernel, downscaling (PULSE's bicubic, box,
+gaussian), a colour-filter-array mosaic or luma, and what the observation's noise means for eps.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -97,26 +102,97 @@ def to_luma(images: jax.Array) -> jax.Array:
     return jnp.sum(images * w.reshape((1,) * (images.ndim - 1) + (3,)), axis=-1, keepdims=True)
 
 
+def conv_same(images: jax.Array, kernel: np.ndarray) -> jax.Array:
+    """Each channel convolved with a 2-D kernel (k_h, k_w), zero boundary, output the input's size:
+    ``out[y, x] = sum_ij K[i, j] * in[y + (k_h - 1) // 2 - i, x + (k_w - 1) // 2 - j]`` (scipy's
+    ``convolve2d(mode="same")``), for odd and even sizes."""
+    kh, kw = kernel.shape
+    c = images.shape[-1]
+    flipped = np.ascontiguousarray(kernel[::-1, ::-1], np.float32)
+    weights = jnp.broadcast_to(jnp.asarray(flipped)[:, :, None, None], (kh, kw, 1, c))
+    return jax.lax.conv_general_dilated(
+        images, weights, (1, 1), ((kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
+
+
+def load_kernel(path: str) -> np.ndarray:
+    """A blur kernel from a .npy file (a 2-D array, read without pickle) or an image (as grayscale),
+    normalised to sum 1."""
+    file = Path(path)
+    if not file.is_file():
+        raise PulseJaxError(f"kernel:{path}: no such file (give a .npy 2-D array or a grayscale image)")
+    if file.suffix.lower() == ".npy":
+        try:
+            k = np.load(file, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise PulseJaxError(f"kernel:{path}: not a plain .npy array ({e})") from None
+    else:
+        from pulse_jax.images import opened
+
+        try:
+            with opened(file) as im:
+                k = np.asarray(im.convert("F"), np.float64)
+        except Exception as e:  # noqa: BLE001 - a damaged image is this kernel's error
+            raise PulseJaxError(f"kernel:{path}: cannot read the image ({type(e).__name__}: {e})") from None
+    if k.ndim != 2 or not np.issubdtype(k.dtype, np.number) or min(k.shape) < 1:
+        raise PulseJaxError(f"kernel:{path}: a kernel is a 2-D array of numbers, got shape {k.shape} {k.dtype}")
+    k = np.asarray(k, np.float64)
+    total = k.sum()
+    if not np.all(np.isfinite(k)) or not total > 0:
+        raise PulseJaxError(f"kernel:{path}: the kernel's values must be finite with a positive sum (got sum "
+                            f"{total:g}); it is normalised to sum 1")
+    return (k / total).astype(np.float32)
+
+
+BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")  # the 2x2 tile read row by row
+
+
+def bayer_channels(pattern: str, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) one-hot: which colour each pixel of a ``pattern`` mosaic records."""
+    tile = np.array([["RGB".index(c) for c in pattern[:2]], ["RGB".index(c) for c in pattern[2:]]])
+    index = np.tile(tile, (-(-h // 2), -(-w // 2)))[:h, :w]
+    return np.eye(3, dtype=np.float32)[index]
+
+
+def mosaic(images: jax.Array, pattern: str) -> jax.Array:
+    """(B, h, w, 3) -> (B, h, w, 1): each pixel's value in its filter's colour only."""
+    _, h, w, _ = images.shape
+    onehot = jnp.asarray(bayer_channels(pattern, h, w))[None]
+    return jnp.sum(images * onehot, axis=-1, keepdims=True)
+
+
 DOWNSCALERS = ("bicubic", "box", "gaussian")
+PULSE_EPS = 2e-3  # the reference's default
 
 
 @dataclasses.dataclass(frozen=True)
 class Degradation:
-    """How a high-resolution image becomes the observation it must match.
+    """How a high-resolution image becomes the observation it must match, in this order:
 
-    One downscaler (bicubic: PULSE's; box; gaussian[:sigma]), optionally "gray" (compare luma
-    only, so a grayscale input also colourises) and "mask" (compare only where the per-image
-    mask is 1: inpainting). Written ``"gaussian:1.5+gray+mask"``.
+    kernel (a user's blur, ``kernel:FILE``) -> one downscaler (bicubic: PULSE's; box; gaussian[:sigma])
+    -> ``bayer[:PATTERN]`` (the observation is a colour-filter-array mosaic) or ``gray`` (luma only, so
+    a grayscale input also colourises) -> ``mask`` (compare only where the per-image mask is 1:
+    inpainting). ``noise:SIGMA``: the observation carries Gaussian noise of std SIGMA (pixel units), so
+    eps defaults to what a perfect image scores against it. Written ``"kernel:k.npy+box+noise:0.05"``.
     """
 
     downscale: str = "bicubic"
     sigma: float | None = None
     gray: bool = False
     mask: bool = False
+    kernel_file: str | None = None
+    kernel: tuple | None = None     # the normalised kernel's rows (hashable: the spec is a static argument)
+    bayer: str | None = None
+    noise: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> Degradation:
         fields: dict = {}
+
+        def once(name, part):
+            if name in fields:
+                raise PulseJaxError(f"degradation {text!r} names {part.split(':')[0]} twice")
+
         for part in (p.strip() for p in text.split("+")):
             name, _, arg = part.partition(":")
             if name in DOWNSCALERS:
@@ -126,33 +202,104 @@ class Degradation:
                 if arg:
                     if name != "gaussian":
                         raise PulseJaxError(f"only gaussian takes a parameter (gaussian:SIGMA), got {part!r}")
-                    try:
-                        fields["sigma"] = float(arg)
-                    except ValueError:
-                        raise PulseJaxError(f"gaussian sigma must be a number, got {arg!r}") from None
+                    fields["sigma"] = _number(arg, part, text)
                     if not fields["sigma"] > 0:
-                        raise PulseJaxError("gaussian sigma must be > 0")
+                        raise PulseJaxError(f"degradation {text!r}: gaussian sigma must be > 0")
             elif name in ("gray", "mask") and not arg:
+                once(name, part)
                 fields[name] = True
+            elif name == "kernel":
+                once("kernel_file", part)
+                if not arg:
+                    raise PulseJaxError(f"degradation {text!r}: write kernel:FILE (a .npy array or an image)")
+                fields["kernel_file"] = arg
+                fields["kernel"] = tuple(tuple(float(v) for v in row) for row in load_kernel(arg))
+            elif name == "bayer":
+                once("bayer", part)
+                pattern = (arg or "RGGB").upper()
+                if pattern not in BAYER_PATTERNS:
+                    raise PulseJaxError(f"degradation {text!r}: unknown Bayer pattern {arg!r}; use one of "
+                                        f"{', '.join(BAYER_PATTERNS)}")
+                fields["bayer"] = pattern
+            elif name == "noise":
+                once("noise", part)
+                if not arg:
+                    raise PulseJaxError(f"degradation {text!r}: write noise:SIGMA, SIGMA in [0, 1]")
+                fields["noise"] = _number(arg, part, text)
+                if not 0 <= fields["noise"] <= 1:
+                    raise PulseJaxError(f"degradation {text!r}: noise SIGMA must be in [0, 1] (pixel units, images "
+                                        f"are in [0, 1]), got {fields['noise']:g}")
             else:
                 raise PulseJaxError(f"unknown degradation {part!r} in {text!r}; use one of {', '.join(DOWNSCALERS)}, "
-                                    "optionally '+gray' and '+mask', e.g. 'gaussian:1.5+gray'")
+                                    "optionally with kernel:FILE, bayer[:RGGB|BGGR|GRBG|GBRG], noise:SIGMA, gray "
+                                    "and mask, e.g. 'gaussian:1.5+gray' or 'kernel:blur.npy+box+noise:0.05'")
+        if fields.get("gray") and fields.get("bayer"):
+            raise PulseJaxError(f"degradation {text!r}: bayer and gray exclude each other (a mosaic already has "
+                                "one colour per pixel)")
         return cls(**fields)
 
     def __str__(self) -> str:
-        parts = [self.downscale + (f":{self.sigma:g}" if self.sigma is not None else "")]
+        parts = [f"kernel:{self.kernel_file}"] if self.kernel_file else []
+        parts.append(self.downscale + (f":{self.sigma:g}" if self.sigma is not None else ""))
+        if self.bayer:
+            parts.append(f"bayer:{self.bayer}")
+        if self.noise is not None:
+            parts.append(f"noise:{self.noise:g}")
         return "+".join(parts + [p for p in ("gray", "mask") if getattr(self, p)])
 
+    def check(self, resolution: int, lr_size: int | None = None) -> None:
+        """What images of these sizes need: a kernel no larger than the generator's images, an even
+        mosaic (when the observation's size ``lr_size`` is given)."""
+        if self.kernel is not None:
+            kh, kw = len(self.kernel), len(self.kernel[0])
+            if kh > resolution or kw > resolution:
+                raise PulseJaxError(f"kernel:{self.kernel_file} is {kh}x{kw}, larger than the generator's "
+                                    f"{resolution}x{resolution} images")
+        if self.bayer and lr_size is not None and lr_size % 2:
+            raise PulseJaxError(f"a {self.bayer} mosaic is made of 2x2 tiles: the observation's side must be even, "
+                                f"got {lr_size}")
+
     def apply(self, images: jax.Array, factor: int) -> jax.Array:
-        """(B, R, R, 3) -> (B, R/f, R/f, 3, or 1 if gray)."""
+        """(B, R, R, 3) -> (B, R/f, R/f, 3, or 1 for gray and bayer)."""
+        x = images if self.kernel is None else conv_same(images, np.asarray(self.kernel, np.float32))
         if self.downscale == "bicubic":
-            x = bicubic_downsample(images, factor)
+            x = bicubic_downsample(x, factor)
         elif self.downscale == "box":
-            x = box_downsample(images, factor)
+            x = box_downsample(x, factor)
         else:
-            x = gaussian_downsample(images, factor, self.sigma)
-        return to_luma(x) if self.gray else x
+            x = gaussian_downsample(x, factor, self.sigma)
+        return self.observe(x)
 
     def observe(self, lr_images: jax.Array) -> jax.Array:
-        """The input as the loss sees it: luma when gray."""
+        """An image at the observation's size as the loss sees it: luma when gray, the mosaic's samples
+        with bayer (a 1-channel mosaic file, read as three equal channels, gives its own values)."""
+        if self.bayer:
+            return mosaic(lr_images, self.bayer)
         return to_luma(lr_images) if self.gray else lr_images
+
+    def noise_eps(self) -> float | None:
+        """The downscaling MSE a perfect image is expected to score against an observation with this noise.
+
+        SIGMA is the noise's std in each value the loss compares (each RGB value; each pixel's luma with
+        gray; each mosaic sample with bayer), and the loss averages over exactly the values it compares
+        (the known pixels with mask), so the fraction of channels it sees is 1 in every case and the
+        figure is SIGMA^2. Clipping a noisy observation to [0, 1] only lowers it.
+        """
+        return None if self.noise is None else self.noise**2
+
+    def simulate(self, images: jax.Array, factor: int, key: jax.Array | None = None) -> jax.Array:
+        """(B, R, R, 3) ground truths -> (B, R/f, R/f, 3) observations as files would hold them: a 1-channel
+        result (gray, bayer) in all three channels, the noise drawn with ``key``, clipped to [0, 1]."""
+        x = self.apply(images, factor)
+        if self.noise:  # on each compared value: the noise eps assumes exactly this (noise_eps)
+            if key is None:
+                raise PulseJaxError(f"degradation {self}: simulating its noise needs a random key")
+            x = x + self.noise * jax.random.normal(key, x.shape, x.dtype)
+        return jnp.clip(jnp.broadcast_to(x, (*x.shape[:3], 3)), 0.0, 1.0)
+
+
+def _number(arg: str, part: str, text: str) -> float:
+    try:
+        return float(arg)
+    except ValueError:
+        raise PulseJaxError(f"degradation {text!r}: {part!r} needs a number, got {arg!r}") from None

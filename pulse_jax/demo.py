@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.config import PulseConfig
-from pulse_jax.degrade import bicubic_downsample
-from pulse_jax.generators import PRESETS
+from pulse_jax.degrade import Degradation
+from pulse_jax.generators import PRESETS, STYLEGAN2_PRESETS
 from pulse_jax.generators.layers import leaky_relu
 from pulse_jax.images import save_png
 from pulse_jax.inputs import check_fit_size
@@ -25,10 +25,11 @@ from pulse_jax.reports import REPORT_NAME, seed_entries, write_json, write_sheet
 from pulse_jax.safe_files import check_writable_folder
 
 DEMO_PRESET = "tiny_128"
+ARCHITECTURES = {"stylegan1": PRESETS, "stylegan2": STYLEGAN2_PRESETS}
 
 
-def random_demo_model(seed: int = 0) -> Model:
-    model = Model.random(PRESETS[DEMO_PRESET], seed)
+def random_demo_model(seed: int = 0, architecture: str = "stylegan1") -> Model:
+    model = Model.random(ARCHITECTURES[architecture][DEMO_PRESET], seed)
     return model.with_gaussian_fit(compute_gaussian_fit(model, num_samples=50_000, batch_size=10_000, seed=seed))
 
 
@@ -43,25 +44,41 @@ def ground_truth(model: Model, key) -> np.ndarray:
     return np.clip((np.asarray(model.synthesize(w, noise))[0] + 1.0) / 2.0, 0.0, 1.0)
 
 
+def demo_mask(size: int) -> np.ndarray:
+    """(size, size): known (1) everywhere but a centred square of half the side (what inpainting fills)."""
+    mask = np.ones((size, size), np.float32)
+    mask[size // 4: size // 4 + size // 2, size // 4: size // 4 + size // 2] = 0.0
+    return mask
+
+
 def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_size: int = 8,
-             steps: int = 200, seed: int = 0, show_progress: bool = True) -> dict:
+             steps: int = 200, seed: int = 0, degradation: str = "bicubic", architecture: str = "stylegan1",
+             show_progress: bool = True) -> dict:
+    """The generator's own image, degraded (``degradation``, noise drawn from ``seed``), then searched."""
+    config = PulseConfig(steps=steps, degradation=degradation)
     check_writable_folder(out_dir)
-    model = load_model(model_dir) if model_dir else random_demo_model(seed)
+    model = load_model(model_dir) if model_dir else random_demo_model(seed, architecture)
     check_fit_size(lr_size, model.generator.resolution, "--size")
+    d = Degradation.parse(degradation)
+    d.check(model.generator.resolution, lr_size)
     truth = ground_truth(model, jax.random.key(seed + 1000))
-    lr = np.asarray(bicubic_downsample(jnp.asarray(truth)[None], model.generator.resolution // lr_size))
-    config = PulseConfig(steps=steps)
+    lr = np.asarray(d.simulate(jnp.asarray(truth)[None], model.generator.resolution // lr_size,
+                               jax.random.key(seed + 2000)))
+    masks = demo_mask(lr_size)[None] if d.mask else None
     bar = Progress(steps * seeds, "demo search", "seed-steps", enabled=show_progress)
-    result = search(model, lr, config, seeds=seeds, key=jax.random.key(seed), on_chunk=seed_step_progress(bar))
+    result = search(model, lr, config, seeds=seeds, key=jax.random.key(seed), on_chunk=seed_step_progress(bar),
+                    masks=masks)
     save_png(truth, out_dir / "ground_truth.png")
-    save_png(lr[0], out_dir / "input.png")
+    save_png(lr[0] if masks is None else lr[0] * masks[0][..., None], out_dir / "input.png")
     for s in range(seeds):
         save_png(result.images[0, s], out_dir / f"seed{s}.png")
-    write_sheet(out_dir / "sheet.png", lr[0], result, 0, truth=truth)
+    write_sheet(out_dir / "sheet.png", lr[0], result, 0, truth=truth, degradation=degradation)
     diff_from_truth = [float(np.sqrt(np.mean((result.images[0, s] - truth) ** 2))) for s in range(seeds)]
     report = {
-        "model": model_dir or f"random {DEMO_PRESET} generator (seed {seed})",
-        "resolution": model.generator.resolution, "input_size": lr_size, "config": config.to_dict(),
+        "model": model_dir or f"random {architecture} {DEMO_PRESET} generator (seed {seed})",
+        "architecture": model.generator.architecture,
+        "resolution": model.generator.resolution, "input_size": lr_size, "degradation": degradation,
+        "eps": config.effective_eps, "eps_reason": config.eps_reason, "config": config.to_dict(),
         "seeds": seed_entries(result, 0), "rms_difference_from_truth": diff_from_truth,
         "seconds": result.seconds, "compile_seconds": result.compile_seconds,
     }

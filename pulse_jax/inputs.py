@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import center_fit, load_image, save_png
 
@@ -32,19 +33,23 @@ class InputOptions:
     align: int | None = None        # inputs are photos: align each face and downscale to align x align
 
 
-def check_size(image: np.ndarray, resolution: int, path: Path) -> None:
+def check_size(image: np.ndarray, resolution: int, path: Path, degradation: Degradation) -> None:
     h, w = image.shape[:2]
     if h != w:
         raise PulseJaxError(f"{path}: image is {w}x{h}; PULSE needs a square input (crop it to a square, "
                             f"e.g. with pulse-jax align for faces)")
     if resolution % h:
-        sizes = ", ".join(str(resolution >> k) for k in range(2, 8))
+        sizes = ", ".join(str(resolution >> k) for k in range(0, 8))
         raise PulseJaxError(f"{path}: size {h} does not divide the generator's resolution {resolution}; "
                             f"resize it to one of {sizes}")
+    try:
+        degradation.check(resolution, h)
+    except PulseJaxError as e:
+        raise PulseJaxError(f"{path}: {e}") from None
 
 
 def read_inputs(paths: Sequence[Path], resolution: int, options: InputOptions, out_dir: Path,
-                log: Callable[[str], None]) -> tuple[list[InputImage], list[dict]]:
+                log: Callable[[str], None], degradation: Degradation) -> tuple[list[InputImage], list[dict]]:
     """Files -> search inputs, and a failure entry per file that cannot be one (never fatal).
 
     Options that cannot work for any file (a --fit or --align size that is not a positive divisor of the
@@ -80,7 +85,7 @@ def read_inputs(paths: Sequence[Path], resolution: int, options: InputOptions, o
                 log(f"note: alpha channels are dropped (first in {path})")
                 said_alpha = True
             image = center_fit(loaded.pixels, options.fit) if options.fit else loaded.pixels
-            check_size(image, resolution, path)
+            check_size(image, resolution, path, degradation)
             if options.mask is not None and options.mask.shape != image.shape[:2]:
                 raise PulseJaxError(f"{path}: the mask is {options.mask.shape[1]}x{options.mask.shape[0]}, "
                                     f"the image {image.shape[1]}x{image.shape[0]}; they must match")
@@ -96,7 +101,7 @@ def check_fit_size(size: int | None, resolution: int, flag: str) -> None:
     if size is None:
         return
     if size < 1 or size > resolution or resolution % size:
-        sizes = ", ".join(str(resolution >> k) for k in range(2, 8) if resolution >> k >= 1)
+        sizes = ", ".join(str(resolution >> k) for k in range(0, 8) if resolution >> k >= 1)
         raise PulseJaxError(f"{flag} {size}: the size must divide the generator's resolution {resolution}; "
                             f"use one of {sizes}")
 

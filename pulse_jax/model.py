@@ -127,6 +127,15 @@ class Model:
             )
         return _run_mapping(self.generator, self.mapping, jnp.asarray(z, jnp.float32), precision)
 
+    @property
+    def w_avg(self) -> jax.Array:
+        """(D,): the running mean of w the generator's file kept (StyleGAN2; the centre of truncation)."""
+        tree = None if self.mapping is None else self.mapping.pure()
+        if not tree or "w_avg" not in tree:
+            raise PulseJaxError(f"this {self.generator.architecture} model has no w_avg (its mapping network "
+                                "is missing, or its files do not keep one)")
+        return jnp.asarray(tree["w_avg"])
+
     def pure_params(self) -> dict:
         tree = {"synthesis": self.synthesis.pure()}
         if self.mapping is not None:
@@ -169,9 +178,11 @@ def _replaceable(directory: Path) -> None:
                             "delete them: move them out, or choose another --out")
 
 
-def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = False,
+               source: dict | None = None) -> Path:
     """Write the model directory atomically; refuse to replace one unless ``overwrite``, and never replace
-    anything but a model directory this program wrote (checked before any work)."""
+    anything but a model directory this program wrote (checked before any work). ``source``: where the
+    weights came from (kept in model.json as provenance)."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
@@ -188,6 +199,8 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
         "contents": sorted(tree),
         "checksum": params_checksum(tree),
     }
+    if source is not None:
+        meta["source"] = source
     staging = staging_dir(directory)
     old = None
     try:

@@ -8,6 +8,7 @@ import html
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,12 @@ def seed_entries(result: SearchResult, n: int) -> list[dict]:
     ]
 
 
-def write_sheet(path: Path, lr: np.ndarray, result: SearchResult, n: int, truth: np.ndarray | None = None) -> Path:
-    """input (nearest) | input (bicubic) | [ground truth] | every seed with its MSE."""
+def write_sheet(path: Path, lr: np.ndarray, result: SearchResult, n: int, truth: np.ndarray | None = None,
+                degradation: str = "bicubic") -> Path:
+    """input (nearest, titled with its degradation) | input (bicubic) | [ground truth] | every seed with its MSE."""
     tile = 256
-    panels = [("input (nearest)", resize(lr, tile)),
+    shown = re.sub(r"kernel:([^+]*)", lambda m: "kernel:" + Path(m[1]).name, degradation)  # no folders in a title
+    panels = [(f"input: {shown}", resize(lr, tile)),
               ("input (bicubic)", resize(lr, tile, Image.Resampling.BICUBIC))]
     if truth is not None:
         panels.append(("ground truth", resize(truth, tile, Image.Resampling.LANCZOS)))

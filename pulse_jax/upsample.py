@@ -59,9 +59,12 @@ def image_key(base_seed: int, name: str) -> jax.Array:
 
 
 def with_gray(config: PulseConfig) -> PulseConfig:
-    """The config for a grayscale input: compare luma, so the search also colourises."""
+    """The config for a grayscale input: compare luma, so the search also colourises (a grayscale file
+    under bayer is the mosaic itself: its values are compared as they are)."""
     d = Degradation.parse(config.degradation)
-    return config if d.gray else dataclasses.replace(config, degradation=str(dataclasses.replace(d, gray=True)))
+    if d.gray or d.bayer:
+        return config
+    return dataclasses.replace(config, degradation=str(dataclasses.replace(d, gray=True)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +132,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     if input_options.mask is not None and not degradation.mask:
         raise PulseJaxError(f"--mask is given, but --degradation {config.degradation!r} has no +mask, so the mask "
                             f"would be ignored: add +mask (--degradation {config.degradation}+mask) or drop --mask")
+    degradation.check(model.generator.resolution)
     check_out_dir(out_dir, inputs)
     check_writable_folder(out_dir)
     report_path = out_dir / (REPORT_NAME if processes.count == 1 else part_name(processes.index, processes.count))
@@ -137,7 +141,8 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     with folder_lock(out_dir):
         remove_stale_temporaries(out_dir)
         previous = load_previous(out_dir)
-    report = {"config": config.to_dict(), "config_hash": config.hash(), "run_key": key, "seeds": seeds,
+    report = {"config": config.to_dict(), "config_hash": config.hash(), "eps": config.effective_eps,
+              "eps_reason": config.eps_reason, "run_key": key, "seeds": seeds,
               "seed": seed, "resolution": resolution, "architecture": model.generator.architecture,
               "model_checksum": model.checksum, "precision": options.precision, "run_options": options.to_dict(),
               "inputs": [], "failed": [], "skipped": [], "searched": []}
@@ -145,7 +150,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
         report["job"] = processes.job
     mine = processes.share([path.stem for path in inputs])
     items, report["failed"] = read_inputs([p for p in inputs if p.stem in mine], resolution, input_options, out_dir,
-                                          log)
+                                          log, degradation)
     todo, kept, refused = plan(items, previous, out_dir, inputs, seeds, key, outputs, log)
     report["failed"] += refused
     report["skipped"] = sorted(kept)
@@ -240,7 +245,8 @@ def _run_batch(run: _Batch, batch: list[InputImage], config: PulseConfig) -> lis
             continue
         k = best_seed(result, n)
         outputs = {"image": str(save_png(result.images[n, k], out_dir / f"{stem}.png")),
-                   "sheet": str(write_sheet(out_dir / f"{stem}_sheet.png", item.image, result, n))}
+                   "sheet": str(write_sheet(out_dir / f"{stem}_sheet.png", item.image, result, n,
+                                            degradation=config.degradation))}
         if run.outputs.all_seeds:
             outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png"))
                                 for s in range(seeds)]
@@ -253,7 +259,7 @@ def _run_batch(run: _Batch, batch: list[InputImage], config: PulseConfig) -> lis
                            "success": success, "outputs": outputs, "seeds": seed_entries(result, n),
                            "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds}
         if not success:
-            run.bar.write(f"note: {item.name}: no seed reached eps={config.eps} "
+            run.bar.write(f"note: {item.name}: no seed reached eps={config.effective_eps:.3g} "
                           f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and flagged in "
                           "the report")
     return done, diverged
@@ -342,11 +348,14 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
 def run_key(model: Model, config: PulseConfig, options: RunOptions, seeds: int, seed: int,
             input_options: InputOptions) -> str:
     """What must match for an earlier result to count as this run's: everything that changes a result
-    (config, seeds, seed, precision and remat, the model's checksum, --fit / --align, the mask's pixels).
-    The input file's own hash is kept per entry."""
+    (config, seeds, seed, precision and remat, the model's checksum, --fit / --align, the mask's pixels,
+    a kernel file's values). The input file's own hash is kept per entry."""
     mask = input_options.mask
-    extra = json.dumps({"model": model.checksum, "remat": options.remat, "fit": input_options.fit,
-                        "align": input_options.align,
+    extra = {"model": model.checksum, "remat": options.remat, "fit": input_options.fit, "align": input_options.align}
+    kernel = Degradation.parse(config.degradation).kernel
+    if kernel is not None:  # the spec names the file; what counts is what it held
+        extra["kernel"] = hashlib.sha256(np.asarray(kernel, np.float32).tobytes()).hexdigest()
+    extra = json.dumps({**extra,
                         "mask": None if mask is None else hashlib.sha256(np.ascontiguousarray(mask)).hexdigest()},
                        sort_keys=True)
     digest = hashlib.sha256(extra.encode()).hexdigest()[:12]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import command_env
 from PIL import Image
 
 ROOT = Path(__file__).parents[1]
@@ -16,7 +16,7 @@ ROOT = Path(__file__).parents[1]
 
 def pulse_jax(*args):
     return subprocess.run([sys.executable, "-m", "pulse_jax.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+                          text=True, cwd=ROOT, env=command_env(), timeout=900)
 
 
 def write_png(path, size, seed, mode="RGB"):
@@ -24,49 +24,49 @@ def write_png(path, size, seed, mode="RGB"):
     Image.fromarray(a).convert(mode).save(path)
 
 
-def test_upsample_folder_writes_every_input(small_model_dir, tmp_path):
+def test_upsample_folder_writes_every_input(micro_model_dir, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    write_png(inputs / "a.png", 32, 0)
+    write_png(inputs / "a.png", 8, 0)
     write_png(inputs / "b.png", 16, 1, "RGBA")
-    write_png(inputs / "c.png", 32, 2, "L")
-    write_png(inputs / "wrong.png", 24, 3)
+    write_png(inputs / "c.png", 8, 2, "L")
+    write_png(inputs / "wrong.png", 12, 3)
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
-    r = pulse_jax("upsample", inputs, "--model", small_model_dir, "--out", out, "--seeds", "2", "--steps", "3",
+    r = pulse_jax("upsample", inputs, "--model", micro_model_dir, "--out", out, "--seeds", "2", "--steps", "3",
                   "--all-seeds", "--save-intermediate", "--batch-size", "2", "-loss_str", "100*L2+0.05*GEOCROSS",
-                  "--bad-noise-layers", "12.13")
+                  "--bad-noise-layers", "6.7")
     assert r.returncode == 1, r.stderr  # two bad inputs: non-zero, after writing every good one
     assert "Traceback" not in r.stderr
-    assert "wrong.png: size 24 does not divide" in r.stderr and "broken.png" in r.stderr
+    assert "wrong.png: size 12 does not divide" in r.stderr and "broken.png" in r.stderr
     report = json.loads((out / "report.json").read_text())
     # The report lists inputs by name (it merges runs); grouped by (size, gray) for the search, the gray
     # one compared in luma.
     assert [Path(e["file"]).name for e in report["inputs"]] == ["a.png", "b.png", "c.png"]
     assert [e["degradation"] for e in report["inputs"]] == ["bicubic", "bicubic", "bicubic+gray"]
-    assert [e["size"] for e in report["inputs"]] == [32, 16, 32]
+    assert [e["size"] for e in report["inputs"]] == [8, 16, 8]
     assert (out / "index.html").is_file() and "c_sheet.png" in (out / "index.html").read_text()
     assert {Path(f["input"]).name for f in report["failed"]} == {"wrong.png", "broken.png"}
-    assert report["config"]["bad_noise_layers"] == [12, 13] and report["config"]["steps"] == 3
+    assert report["config"]["bad_noise_layers"] == [6, 7] and report["config"]["steps"] == 3
     for e in report["inputs"]:
         stem = e["input"]
         for name in (f"{stem}.png", f"{stem}_seed0.png", f"{stem}_seed1.png", f"{stem}_sheet.png",
                      f"{stem}_search.gif"):
             assert (out / name).is_file(), name
-        assert Image.open(out / f"{stem}.png").size == (256, 256)
+        assert Image.open(out / f"{stem}.png").size == (32, 32)
         assert len(e["seeds"]) == 2 and all(np.isfinite(s["best_loss"]) for s in e["seeds"])
         best = min(e["seeds"], key=lambda s: (not s["success"], s["best_loss"]))
         assert e["best_seed"] == best["seed"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_upsample_is_reproducible_per_file(small_model_dir, tmp_path):
+def test_upsample_is_reproducible_per_file(micro_model_dir, tmp_path):
     """A file's result depends on the seed and its name, not on what else is in the batch."""
-    write_png(tmp_path / "x.png", 32, 5)
-    write_png(tmp_path / "y.png", 32, 6)
-    a = pulse_jax("upsample", tmp_path / "x.png", "--model", small_model_dir, "--out", tmp_path / "a",
+    write_png(tmp_path / "x.png", 8, 5)
+    write_png(tmp_path / "y.png", 8, 6)
+    a = pulse_jax("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "a",
                   "--steps", "2", "--quiet")
-    b = pulse_jax("upsample", tmp_path / "y.png", tmp_path / "x.png", "--model", small_model_dir,
+    b = pulse_jax("upsample", tmp_path / "y.png", tmp_path / "x.png", "--model", micro_model_dir,
                   "--out", tmp_path / "b", "--steps", "2", "--batch-size", "2", "--quiet")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     ia = np.asarray(Image.open(tmp_path / "a" / "x.png"), np.int16)
@@ -74,9 +74,9 @@ def test_upsample_is_reproducible_per_file(small_model_dir, tmp_path):
     assert np.abs(ia - ib).max() <= 1  # batched vs alone: float32 rounding at most flips a rounding
 
 
-def test_every_run_option_is_a_flag_and_is_reported(small_model_dir, tmp_path):
-    write_png(tmp_path / "x.png", 32, 5)
-    r = pulse_jax("upsample", tmp_path / "x.png", "--model", small_model_dir, "--out", tmp_path / "o", "--steps", "2",
+def test_every_run_option_is_a_flag_and_is_reported(micro_model_dir, tmp_path):
+    write_png(tmp_path / "x.png", 8, 5)
+    r = pulse_jax("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "o", "--steps", "2",
                   "--quiet", "--remat", "--step-loop", "device", "--chunk-steps", "1", "--shard", "off",
                   "--devices", "1", "--transposed-conv", "dilated", "--precision", "default")
     assert r.returncode == 0, r.stderr
@@ -86,7 +86,7 @@ def test_every_run_option_is_a_flag_and_is_reported(small_model_dir, tmp_path):
         == {"remat": True, "step_loop": "device", "chunk_steps": 1, "shard": False, "transposed_conv": "dilated",
             "precision": "default"}
     assert len(options["devices"]) == 1 and report["architecture"] == "stylegan1"
-    r = pulse_jax("upsample", tmp_path / "x.png", "--model", small_model_dir, "--out", tmp_path / "o2",
+    r = pulse_jax("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "o2",
                   "--devices", "99")
     assert r.returncode == 2 and "--devices 99" in r.stderr and "Traceback" not in r.stderr
 
@@ -103,10 +103,12 @@ def test_user_errors_are_messages(tmp_path):
 
 def test_demo_runs_without_weights(tmp_path):
     out = tmp_path / "demo"
-    r = pulse_jax("demo", "--out", out, "--steps", "20", "--seeds", "2", "--quiet")
+    r = pulse_jax("demo", "--out", out, "--steps", "20", "--seeds", "2", "--quiet", "--degradation",
+                  "bicubic+noise:0.02")
     assert r.returncode == 0, r.stderr
+    assert "eps 0.0004 (noise:0.02 in the observation" in r.stdout
     report = json.loads((out / "report.json").read_text())
-    assert len(report["seeds"]) == 2
+    assert len(report["seeds"]) == 2 and report["degradation"] == "bicubic+noise:0.02"
     for name in ("sheet.png", "ground_truth.png", "input.png", "seed0.png", "seed1.png"):
         assert (out / name).is_file()
     # The search moves toward the input: every seed's downscaling MSE at least halves in 20 steps.
@@ -130,34 +132,34 @@ def test_align_then_upsample_a_real_photo(small_model_dir, tmp_path):
     assert report["inputs"][0]["input"] == "astronaut_0" and report["inputs"][0]["size"] == 32
 
 
-def test_fit_degradation_and_mask(small_model_dir, tmp_path):
+def test_fit_degradation_and_mask(micro_model_dir, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "r.png")
-    r = pulse_jax("upsample", tmp_path / "r.png", "--model", small_model_dir, "--out", tmp_path / "a", "--steps", "2")
+    r = pulse_jax("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "a", "--steps", "2")
     assert r.returncode == 1 and "PULSE needs a square input" in r.stderr
-    mask = np.zeros((32, 32), np.uint8)
-    mask[8:24, 8:24] = 255
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    r = pulse_jax("upsample", tmp_path / "r.png", "--model", small_model_dir, "--out", tmp_path / "b", "--steps", "2",
-                  "--fit", "32", "--degradation", "gaussian:3+mask", "--mask", tmp_path / "mask.png", "--quiet")
+    r = pulse_jax("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "b", "--steps", "2",
+                  "--fit", "16", "--degradation", "gaussian:3+mask", "--mask", tmp_path / "mask.png", "--quiet")
     assert r.returncode == 0, r.stderr
     entry = json.loads((tmp_path / "b" / "report.json").read_text())["inputs"][0]
-    assert entry["size"] == 32 and entry["degradation"] == "gaussian:3+mask"
-    r = pulse_jax("upsample", tmp_path / "r.png", "--model", small_model_dir, "--out", tmp_path / "c", "--fit", "32",
+    assert entry["size"] == 16 and entry["degradation"] == "gaussian:3+mask"
+    r = pulse_jax("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "c", "--fit", "16",
                   "--degradation", "box+mask")
     assert r.returncode == 2 and "needs a mask" in r.stderr
 
 
-def test_ctrl_c_keeps_what_is_finished(small_model_dir, tmp_path):
+def test_ctrl_c_keeps_what_is_finished(micro_model_dir, tmp_path):
     """Interrupted after the first input: its outputs and report entry stay, the exit code says so."""
     import signal
     import time
 
     for i in range(2):
-        write_png(tmp_path / f"in{i}.png", 32, i)
+        write_png(tmp_path / f"in{i}.png", 8, i)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in0.png"),
-                             str(tmp_path / "in1.png"), "--model", str(small_model_dir), "--out", str(out),
-                             "--steps", "300", "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             str(tmp_path / "in1.png"), "--model", str(micro_model_dir), "--out", str(out),
+                             "--steps", "3000", "--quiet"], cwd=ROOT, env=command_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     def in0_finished():  # the report is written before each search too (its entry pending until done)
         try:
@@ -262,13 +264,13 @@ def test_bad_flags_are_one_line_not_a_traceback(tiny_model_dir, tmp_path):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_a_folder_says_what_it_skipped(tiny_model_dir, tmp_path):
+def test_a_folder_says_what_it_skipped(micro_model_dir, tmp_path):
     d = tmp_path / "in"
     d.mkdir()
     write_png(d / "a.png", 16, 0)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "anim.gif")
     (d / "README").write_text("not an image")
-    r = pulse_jax("upsample", d, "--model", tiny_model_dir, "--out", tmp_path / "o", "--steps", "1", "--quiet")
+    r = pulse_jax("upsample", d, "--model", micro_model_dir, "--out", tmp_path / "o", "--steps", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "skipped 1 file(s) that are not images by their name (README)" in r.stderr
     assert sorted(e["input"] for e in json.loads((tmp_path / "o" / "report.json").read_text())["inputs"]) == \

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_checkpoint
+from conftest import command_env, save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import stylegan_torch as ref
@@ -24,7 +24,7 @@ ROOT = Path(__file__).parents[1]
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          cwd=cwd or ROOT, env=command_env())
 
 
 def test_cli_converts_and_reports(small_checkpoints, gaussian_fit, gaussian_fit_file, tmp_path):

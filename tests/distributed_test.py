@@ -5,7 +5,6 @@ program over both processes' devices identical to the search on one process."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import command_env
 from PIL import Image
 
 import pulse_jax as pj
@@ -23,8 +23,7 @@ ROOT = Path(__file__).parents[1]
 
 def env(devices: int) -> dict:
     """Each process sees ``devices`` CPU devices."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return command_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
 
 
 def free_port() -> int:
@@ -73,17 +72,10 @@ def write_inputs(folder: Path, count: int, size: int = 16) -> None:
         Image.fromarray(pixels).save(folder / f"face{i}.png")
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    pj.save_model(tiny, out)
-    return out
-
-
-def test_cli_over_two_processes_equals_one_process(tiny_model_dir, tmp_path):
+def test_cli_over_two_processes_equals_one_process(micro_model_dir, tmp_path):
     write_inputs(tmp_path / "in", 3)
     common = [sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"), "--model",
-              str(tiny_model_dir), "--seeds", "2", "--steps", "3", "--quiet"]
+              str(micro_model_dir), "--seeds", "2", "--steps", "3", "--quiet"]
     # One device per process, as in the usual one-process-per-GPU job.
     single = subprocess.run([*common, "--out", str(tmp_path / "one")], cwd=ROOT, env=env(1), capture_output=True,
                             text=True, timeout=600)
@@ -114,14 +106,14 @@ def test_cli_over_two_processes_equals_one_process(tiny_model_dir, tmp_path):
     assert "3 already done" in again[0].stdout
 
 
-def test_a_failing_process_does_not_take_the_others_down(tiny_model_dir, tmp_path):
+def test_a_failing_process_does_not_take_the_others_down(micro_model_dir, tmp_path):
     write_inputs(tmp_path / "in", 2)
     out = tmp_path / "out"
     out.mkdir()
     # Left by an earlier job with the same process count: not this job's, so not merged.
     (out / "report.part1of2.json").write_text(json.dumps({"job": "earlier", "inputs": [{"input": "stale"}]}))
     runs = run_processes(lambda i, address: [sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"),
-                                    "--model", str(tiny_model_dir) if i == 0 else str(tmp_path / "missing"),
+                                    "--model", str(micro_model_dir) if i == 0 else str(tmp_path / "missing"),
                                     "--out", str(out), "--steps", "2", "--quiet", "--coordinator",
                                     address, "--num-processes", "2", "--process-id", str(i)], devices=1)
     assert runs[1].returncode == 2 and "not a pulse-jax model directory" in runs[1].stderr, runs[1].stderr
@@ -134,21 +126,22 @@ def test_a_failing_process_does_not_take_the_others_down(tiny_model_dir, tmp_pat
 
 
 GLOBAL_SEARCH = r"""
-import sys
+import sys; sys.path.insert(0, "tests")
 import jax
 import numpy as np
 import pulse_jax as pj
+from micro_generator import MICRO
 from pulse_jax.distributed import initialize
 group = initialize(sys.argv[1], 2, int(sys.argv[2]))
 assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
-m = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
+m = pj.Model.random(MICRO, seed=4, with_mapping=False)
 m = pj.Model.from_arrays(m.config, m.synthesis.pure(), gaussian_fit=(np.zeros(512, np.float32),
                                                                      np.ones(512, np.float32)))
 config = pj.PulseConfig(steps=2)
-lr = np.random.default_rng(1).random((4, 16, 16, 3), dtype=np.float32)
+lr = np.random.default_rng(1).random((4, 8, 8, 3), dtype=np.float32)
 everywhere = pj.search(m, lr, config, pj.RunOptions(devices=jax.devices()), seeds=2, key=jax.random.key(0))
 here = pj.search(m, lr, config, pj.RunOptions(shard=False), seeds=2, key=jax.random.key(0))
-assert everywhere.images.shape == (4, 2, 128, 128, 3)
+assert everywhere.images.shape == (4, 2, 32, 32, 3)
 # The tolerances of sharding_test: one program per example either way, but convolutions partitioned
 # differently round differently, and Adam's first (almost sign(g)) update magnifies that.
 np.testing.assert_allclose(everywhere.loss_history[0], here.loss_history[0], rtol=1e-5)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import command_env
 from PIL import Image
 
 import pulse_jax as pj
@@ -31,12 +32,12 @@ def command(*args):
 
 
 def start(*args):
-    return subprocess.Popen(command(*args), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    return subprocess.Popen(command(*args), cwd=ROOT, env=command_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(*args):
-    return subprocess.run(command(*args), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    return subprocess.run(command(*args), cwd=ROOT, env=command_env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -64,9 +65,9 @@ def faces(tmp_path):
     return d
 
 
-def test_kill_rerun_other_settings_and_concurrent_runs(tiny_model_dir, faces, tmp_path):
+def test_kill_rerun_other_settings_and_concurrent_runs(micro_model_dir, faces, tmp_path):
     out = tmp_path / "out"
-    run = ["--model", tiny_model_dir, "--out", out, "--quiet", "--steps", "12"]
+    run = ["--model", micro_model_dir, "--out", out, "--quiet", "--steps", "300"]
     proc = start(faces, *run)
     deadline = time.monotonic() + 300
     while not finished(out) and proc.poll() is None and time.monotonic() < deadline:
@@ -102,7 +103,7 @@ def test_kill_rerun_other_settings_and_concurrent_runs(tiny_model_dir, faces, tm
     assert not [p for p in out.iterdir() if safe_files.TEMP_MARK in p.name]
 
 
-def test_a_full_disk_keeps_what_finished_and_the_rerun_does_the_rest(tiny, faces, tmp_path, monkeypatch):
+def test_a_full_disk_keeps_what_finished_and_the_rerun_does_the_rest(micro, faces, tmp_path, monkeypatch):
     out = tmp_path / "out"
     inputs = sorted(faces.iterdir())
     config = pj.PulseConfig(steps=2)
@@ -117,11 +118,11 @@ def test_a_full_disk_keeps_what_finished_and_the_rerun_does_the_rest(tiny, faces
 
     monkeypatch.setattr(safe_files.os, "replace", disk_fills_up)
     with pytest.raises(pj.PulseJaxError, match="disk is full"):
-        upsample_files(tiny, inputs, out, config, show_progress=False, log=lambda m: None)
+        upsample_files(micro, inputs, out, config, show_progress=False, log=lambda m: None)
     monkeypatch.setattr(safe_files.os, "replace", real_replace)
     before = finished(out)
     assert set(listed(out)) == {"face0", "face1"} and before
     assert not [p for p in out.iterdir() if safe_files.TEMP_MARK in p.name]
-    report = upsample_files(tiny, inputs, out, config, show_progress=False, log=lambda m: None)
+    report = upsample_files(micro, inputs, out, config, show_progress=False, log=lambda m: None)
     assert report["skipped"] == ["face0", "face1"] and sorted(report["searched"]) == ["face2", "face3", "face4"]
     assert listed(out) == NAMES and {k: v for k, v in finished(out).items() if k in before} == before

@@ -39,7 +39,8 @@ def run_both(model, sd, fit, config, lr, init, torch_dtype=torch.float32):
     fit = tuple(t.to(torch_dtype) for t in fit)
     loss, l2, latent, _ = pulse_torch.run(
         sd, fit, ref_lr, torch.from_numpy(init.latent.reshape(n * s, *init.latent.shape[2:])).to(torch_dtype), noise,
-        loss_str=config.loss_str, eps=config.eps, trainable_layers=config.trainable_layers(len(model.noise_shapes())),
+        loss_str=config.loss_str, eps=config.effective_eps,
+        trainable_layers=config.trainable_layers(len(model.noise_shapes())),
         opt_name=config.opt_name, learning_rate=config.learning_rate, steps=config.steps,
         lr_schedule=config.lr_schedule)
     return result, loss.numpy(), l2.numpy(), latent.numpy()

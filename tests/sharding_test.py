@@ -18,12 +18,13 @@ from pulse_jax.latent_search.placement import placement
 from reference.stylegan_torch import random_gaussian_fit
 assert len(jax.devices()) == 8, jax.devices()
 fit = random_gaussian_fit()
-m = pj.Model.random(pj.PRESETS["tiny_128"], seed=4, with_mapping=False)
+from micro_generator import MICRO
+m = pj.Model.random(MICRO, seed=4, with_mapping=False)
 m = pj.Model.from_arrays(m.config, m.synthesis.pure(),
                          gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
 config = pj.PulseConfig(steps=2)
 for n, s in ((8, 1), (2, 8)):
-    lr = np.random.default_rng(n).random((n, 16, 16, 3), dtype=np.float32)
+    lr = np.random.default_rng(n).random((n, 8, 8, 3), dtype=np.float32)
     one = pj.search(m, lr, config, pj.RunOptions(shard=False), seeds=s, key=jax.random.key(0))
     many = pj.search(m, lr, config, pj.RunOptions(shard=True), seeds=s, key=jax.random.key(0))
     assert len(many.images) == n
@@ -43,7 +44,7 @@ assert list(placement(8, 1, None, chosen).example_sharding.mesh.devices.flat) ==
 # Not splittable: one of the devices asked for, not the default device.
 assert list(placement(3, 3, None, chosen).example_sharding.mesh.devices.flat) == chosen[:1]
 try:
-    pj.search(m, np.zeros((3, 16, 16, 3), np.float32), config, pj.RunOptions(shard=True), seeds=3)
+    pj.search(m, np.zeros((3, 8, 8, 3), np.float32), config, pj.RunOptions(shard=True), seeds=3)
     raise SystemExit("an uneven split must be refused")
 except pj.PulseJaxError as e:
     assert "multiple of the device count" in str(e)

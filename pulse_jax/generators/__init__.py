@@ -5,10 +5,13 @@ from __future__ import annotations
 from pulse_jax.errors import CheckpointError
 from pulse_jax.generators.base import Generator, NetworkParams
 from pulse_jax.generators.stylegan1 import PRESETS, StyleGAN1, StyleGANConfig
+from pulse_jax.generators.stylegan2 import PRESETS as STYLEGAN2_PRESETS
+from pulse_jax.generators.stylegan2 import StyleGAN2, StyleGAN2Config
 
 # architecture name (as model.json records it) -> (family, its config class)
 FAMILIES: dict[str, tuple[type[Generator], type]] = {
     StyleGAN1.architecture: (StyleGAN1, StyleGANConfig),
+    StyleGAN2.architecture: (StyleGAN2, StyleGAN2Config),
 }
 
 
@@ -34,5 +37,5 @@ def generator_from_dict(architecture: str, config: dict, what: str) -> Generator
         raise CheckpointError(f"{what}: bad config ({e})") from None
 
 
-__all__ = ["FAMILIES", "PRESETS", "Generator", "NetworkParams", "StyleGAN1", "StyleGANConfig", "generator_for",
-           "generator_from_dict"]
+__all__ = ["FAMILIES", "PRESETS", "STYLEGAN2_PRESETS", "Generator", "NetworkParams", "StyleGAN1", "StyleGAN2",
+           "StyleGAN2Config", "StyleGANConfig", "generator_for", "generator_from_dict"]

@@ -80,7 +80,7 @@ def make_spec(generator: Generator, config: PulseConfig, lr_size: int, options: 
     return Spec(
         generator=generator, trainable=config.trainable_layers(n), zero=config.zero_layers(n),
         latent_rows=1 if config.tile_latent else generator.num_ws,
-        terms=config.loss_terms(), eps=float(config.eps), factor=generator.resolution // lr_size,
+        terms=config.loss_terms(), eps=config.effective_eps, factor=generator.resolution // lr_size,
         degradation=Degradation.parse(config.degradation),
         opt_name=config.opt_name, learning_rate=float(config.learning_rate), lr_schedule=config.lr_schedule,
         steps=config.steps, precision=options.precision, remat=options.remat,

@@ -115,6 +115,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     lr_images = jnp.asarray(lr_images, jnp.float32)
     spec = make_spec(model.generator, config, lr_images.shape[1], options)
     check_inputs(model, lr_images, init, seeds, spec.latent_rows)
+    spec.degradation.check(model.generator.resolution, lr_images.shape[1])
     masks = _checked_masks(config, spec.degradation, masks, lr_images)
     started = time.perf_counter()
     keys = seed_keys(key, lr_images.shape[0], seeds, seed_offset)
@@ -161,7 +162,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         images=np.asarray(images),
         loss_history=np.moveaxis(host.loss_history, -1, 0),
         l2_history=np.moveaxis(host.l2_history, -1, 0),
-        success=host.min_l2 <= config.eps,
+        success=host.min_l2 <= config.effective_eps,
         best_step=host.best_step, best_loss=host.best_loss, best_l2=host.best_l2, min_l2=host.min_l2,
         diverged=host.diverged,
         latent=host.params["latent"], noise=[np.asarray(x)[:, :, 0] for x in noise_maps],

@@ -100,8 +100,11 @@ class SphericalOptimizer:
 
 def run(sd, gaussian_fit, ref_lr: torch.Tensor, latent: torch.Tensor, noise: list[torch.Tensor], *,
         loss_str="100*L2+0.05*GEOCROSS", eps=2e-3, trainable_layers=(0, 1, 2, 3, 4), opt_name="adam",
-        learning_rate=0.4, steps=100, lr_schedule="linear1cycledrop", synthesis=None):
+        learning_rate=0.4, steps=100, lr_schedule="linear1cycledrop", synthesis=None, num_ws=None):
     """One PULSE run over a batch. ref_lr (B, 3, h, h); latent (B, Lt, D); noise: L maps (B, 1, r, r).
+
+    ``synthesis(sd, w, noise)``: the generator (StyleGAN v1's by default); ``num_ws``: its W+ rows (default:
+    one per noise map, as in StyleGAN v1).
 
     Returns per-sample histories (steps, B) of the total loss and unclamped MSE, and the final values.
     """
@@ -120,7 +123,7 @@ def run(sd, gaussian_fit, ref_lr: torch.Tensor, latent: torch.Tensor, noise: lis
     for _ in range(steps):
         opt.opt.zero_grad()
         w = F.leaky_relu(latent * std + mean, 0.2)
-        w_all = w.expand(-1, num_layers, -1)
+        w_all = w.expand(-1, num_ws or num_layers, -1)
         gen = (synthesis(sd, w_all, noise) + 1) / 2
         lr_gen = bicubic_down(gen, factor)
         sq = (lr_gen - ref_lr).pow(2).mean((1, 2, 3))

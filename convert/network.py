@@ -1,0 +1,188 @@
+"""``--network FILE``: a StyleGAN2 generator from NVIDIA's network pickle or rosinality's checkpoint, the
+kind recognised from the content -> a model directory. Nothing in the file runs."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from convert import stylegan2
+from convert.nvidia_pickle import Persistent, flatten, read_network_pickle, records
+from convert.pulse import check_out
+from convert.torch_io import load_state_dict
+from pulse_jax import pulse_format
+from pulse_jax.errors import CheckpointError, PulseJaxError
+from pulse_jax.model import Model, compute_gaussian_fit, save_model
+from pulse_jax.progress import Progress
+
+# torch.save's legacy (non-zip) files open with a pickled magic number (protocol 2, a 10-byte long).
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def file_kind(path: Path) -> str:
+    """'torch' (a torch.save file: rosinality's) or 'pickle' (a plain pickle: NVIDIA's), from its bytes."""
+    with open(path, "rb") as f:
+        head = f.read(len(TORCH_LEGACY_MAGIC))
+    if zipfile.is_zipfile(path) or head == TORCH_LEGACY_MAGIC:
+        return "torch"
+    if head[:1] == b"\x80":
+        return "pickle"
+    raise CheckpointError(f"--network {path} is neither a pickle nor a torch.save file (it starts with "
+                          f"{head[:8]!r}); give an NVIDIA network pickle (.pkl) or a rosinality checkpoint (.pt)")
+
+
+def _arrays(tensors: dict, what: str) -> dict[str, np.ndarray]:
+    import torch
+
+    out = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise CheckpointError(f"{what}: {name} is a {type(t).__name__} {getattr(t, 'dtype', '')}, "
+                                  "expected a floating-point tensor")
+        out[name] = t.detach().to(torch.float32).numpy()
+    return out
+
+
+def _setting(layers: list[Persistent], name: str, what: str, default=None):
+    """One setting every listed record keeps as a plain attribute (they must agree)."""
+    values = {repr(r.state.get(name, default)): r.state.get(name, default) for r in layers}
+    if len(values) > 1:
+        raise CheckpointError(f"{what}: the layers disagree on {name} ({', '.join(values)}): not supported")
+    value = next(iter(values.values()), default)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
+    """(NVIDIA-named arrays, architecture settings, provenance) of the generator in a network pickle."""
+    if isinstance(top, tuple):
+        raise CheckpointError(f"{what}: a tuple of networks, as NVIDIA's TensorFlow-era pickles are; those are "
+                              "not read yet: convert the PyTorch release of the network (stylegan2-ada-pytorch)")
+    if isinstance(top, dict):
+        g = top.get("G_ema", top.get("G"))
+        if g is None:
+            raise CheckpointError(f"{what}: holds {sorted(map(str, top))[:8]}, no G_ema or G generator")
+    else:
+        g = top
+    if not isinstance(g, Persistent) or g.class_name != "Generator":
+        raise CheckpointError(f"{what}: the generator is a {getattr(g, 'class_name', type(g).__name__)}, "
+                              "not NVIDIA's Generator")
+    kwargs = g.init_kwargs()
+    synthesis, mapping = g.modules().get("synthesis"), g.modules().get("mapping")
+    if not isinstance(synthesis, Persistent) or not isinstance(mapping, Persistent):
+        raise CheckpointError(f"{what}: the generator has no synthesis and mapping networks")
+    if "input" in synthesis.modules() or any(name.startswith("L") and "_" in name for name in synthesis.modules()):
+        raise CheckpointError(f"{what}: a StyleGAN3 generator (its synthesis starts from Fourier features): "
+                              "not supported; pulse-jax reads StyleGAN2 (stylegan2-ada-pytorch) pickles")
+    c_dim = int(kwargs.get("c_dim", g.state.get("c_dim", 0)) or 0)
+    if c_dim > 0:
+        raise CheckpointError(f"{what}: a conditional generator (c_dim {c_dim}: it needs a class label); "
+                              "only unconditional generators are supported")
+    channels = int(kwargs.get("img_channels", g.state.get("img_channels", 3)))
+    if channels != 3:
+        raise CheckpointError(f"{what}: a generator of {channels}-channel images; only RGB (3) is supported")
+    all_records = dict(records(g))
+    blocks = [r for name, r in all_records.items() if name.startswith("synthesis.b")
+              and name.count(".") == 1]
+    architecture = _setting(blocks, "architecture", what, "skip")
+    if architecture != "skip":
+        raise CheckpointError(f"{what}: a StyleGAN2 generator of architecture {architecture!r}; only NVIDIA's "
+                              "'skip' generator (config-f, ADA) is supported")
+    layers = [r for name, r in all_records.items() if r.class_name in ("SynthesisLayer", "ToRGBLayer")]
+    fcs = [r for name, r in all_records.items() if name.startswith("mapping.fc")]
+    synthesis_kwargs = dict(kwargs.get("synthesis_kwargs") or {})
+    settings = {
+        "conv_clamp": _setting(layers, "conv_clamp", what),
+        "lr_multiplier": _setting(fcs, "lr_multiplier", what, 0.01),
+        "channel_base": synthesis_kwargs.get("channel_base"),
+    }
+    if _setting(fcs, "activation", what, "lrelu") != "lrelu":
+        raise CheckpointError(f"{what}: the mapping layers' activation is not lrelu: not supported")
+    tensors = {}
+    for name, net in (("synthesis", synthesis), ("mapping", mapping)):
+        tensors.update({f"{name}.{k}": v for k, v in flatten(net).items()})
+    provenance = {"kind": "nvidia-network-pickle", "module_src_sha256": sorted({r.module_src_sha256 for r in
+                                                                                all_records.values()})}
+    return _arrays(tensors, what), settings, provenance
+
+
+def rosinality_generator(obj, what: str) -> tuple[dict, dict, dict]:
+    if not isinstance(obj, dict) or "g_ema" not in obj:
+        keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{what}: a torch checkpoint without g_ema ({keys}): not a rosinality StyleGAN2 "
+                              "checkpoint (for PULSE's synthesis.pt use --synthesis and --mapping)")
+    if "latent_avg" not in obj:
+        raise CheckpointError(f"{what}: no latent_avg beside g_ema: a rosinality checkpoint keeps both")
+    g_ema = _arrays(obj["g_ema"], f"{what} g_ema")
+    latent_avg = _arrays({"latent_avg": obj["latent_avg"]}, what)["latent_avg"]
+    sd = stylegan2.rosinality_to_nvidia(g_ema, latent_avg, what)
+    return sd, {"conv_clamp": None, "lr_multiplier": 0.01, "channel_base": None}, {"kind": "rosinality-checkpoint"}
+
+
+def _load_torch(path: Path, what: str):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{what} was refused: it holds objects other than tensors and plain containers "
+                              f"(torch said: {first[:300]}); nothing from it ran") from None
+    except Exception as e:  # noqa: BLE001 - weights_only unpickling runs nothing; any error is damage
+        raise CheckpointError(f"{what} is not a readable torch checkpoint ({type(e).__name__}: "
+                              f"{str(e).strip()[:200]}); the file may be truncated") from None
+
+
+def read_network(path: str) -> tuple[stylegan2.StyleGAN2Config, dict, dict, dict]:
+    """(config, synthesis tree, mapping tree, provenance) from either kind of file."""
+    file = Path(path)
+    what = f"--network {path}"
+    if not file.is_file():
+        raise CheckpointError(f"{what}: no such file")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"{what}: the file is empty")
+    if file_kind(file) == "torch":
+        sd, settings, provenance = rosinality_generator(_load_torch(file, what), what)
+    else:
+        sd, settings, provenance = nvidia_generator(read_network_pickle(file, "--network"), what)
+    config = stylegan2.config_from_state(sd, what, conv_clamp=settings["conv_clamp"],
+                                         channel_base=settings["channel_base"],
+                                         lr_multiplier=settings["lr_multiplier"])
+    synthesis, mapping = stylegan2.to_params(sd, config, what)
+    provenance["file_sha256"] = _sha256(file)
+    return config, synthesis, mapping, provenance
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_network(*, network: str, out: str, gaussian_fit: str | None = None, overwrite: bool = False,
+                    gaussian_fit_samples: int = 1_000_000, verbose: bool = True) -> Path:
+    """Read, check, fit (PULSE's recipe) and save; every check runs before anything is written."""
+    log = (lambda msg: print(msg, file=sys.stderr)) if verbose else (lambda msg: None)
+    check_out(out, overwrite, {"--network": network, "--gaussian-fit": gaussian_fit})
+    if gaussian_fit is None and gaussian_fit_samples < 2:
+        raise PulseJaxError(f"--fit-samples must be at least 2 (a standard deviation needs two samples), "
+                            f"got {gaussian_fit_samples}")
+    config, synthesis, mapping, source = read_network(network)
+    log(f"network ({source['kind']}): {config}")
+    fit = None
+    if gaussian_fit is not None:
+        fit = pulse_format.gaussian_fit_arrays(load_state_dict(gaussian_fit, "gaussian fit"), config.dlatent_size,
+                                               f"gaussian fit {gaussian_fit}")
+    model = Model.from_arrays(config, synthesis, mapping, fit)
+    if fit is None:
+        bar = Progress(gaussian_fit_samples, "gaussian fit", "samples", enabled=verbose)
+        fit = compute_gaussian_fit(model, num_samples=gaussian_fit_samples,
+                                   progress=lambda done, total: bar.update(done - bar.count))
+        model = model.with_gaussian_fit(fit)
+    return save_model(model, out, overwrite=overwrite, source=source)

@@ -1,0 +1,147 @@
+"""NVIDIA's stylegan2-ada-pytorch / stylegan3 network pickles, read without running anything from them.
+
+NVIDIA's loader execs the ``module_src`` every persistent object carries (shared/docs/stylegan2-reference.md,
+section 2). Here a restricted unpickler resolves only an allowlist of globals, each to a function of ours:
+persistent objects become plain ``Persistent`` records (class name, state, the sha256 of their source,
+never executed), storages load through ``torch.load(weights_only=True)``, numpy scalars and dtypes are
+rebuilt from their bytes with object dtypes refused. Any other global is refused by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from pulse_jax.errors import CheckpointError
+
+
+@dataclasses.dataclass
+class Persistent:
+    """A persistent object of NVIDIA's code as data: what its class is called and its ``__dict__``."""
+
+    class_name: str
+    state: dict
+    module_src_sha256: str
+
+    def modules(self) -> dict:
+        return dict(self.state.get("_modules") or {})
+
+    def init_kwargs(self) -> dict:
+        return dict(self.state.get("_init_kwargs") or {})
+
+
+class EasyDict(dict):
+    """Stands in for ``dnnlib.util.EasyDict`` (a dict with attribute access): just its items."""
+
+
+def _persistent(meta) -> Persistent:
+    if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
+        raise CheckpointError("a persistent object's record is not {type, version, module_src, class_name, state}")
+    source = meta.get("module_src", "")
+    digest = hashlib.sha256(source.encode() if isinstance(source, str) else bytes(source)).hexdigest()
+    return Persistent(str(meta.get("class_name")), meta["state"], digest)
+
+
+def _load_storage(data: bytes):
+    import torch
+
+    if not isinstance(data, (bytes, bytearray)):
+        raise CheckpointError("a tensor storage is not stored as bytes")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    import torch
+
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise CheckpointError(f"a tensor's storage is a {type(storage).__name__}")
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, collections.OrderedDict())
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None, *state):
+    return data
+
+
+def _dtype(name, align=False, copy=False):
+    dtype = np.dtype(name)
+    if dtype.hasobject:
+        raise CheckpointError("a numpy value of object dtype (it would unpickle arbitrary objects) was refused")
+    return dtype
+
+
+def _scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+        raise CheckpointError("a numpy scalar that is not plain bytes of a numeric dtype was refused")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+ALLOWED = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy", "dtype"): _dtype,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        found = ALLOWED.get((module, name))
+        if found is None:
+            raise CheckpointError(
+                f"the pickle asks for {module}.{name}, which a network pickle has no need of; it was refused "
+                "and nothing from the file ran. pulse-jax reads NVIDIA's stylegan2-ada-pytorch network pickles "
+                "(and names every other global it meets)")
+        return found
+
+    def persistent_load(self, pid):
+        raise CheckpointError("the pickle uses persistent ids (a torch.save zip?): not a network pickle")
+
+
+def read_network_pickle(path: Path, what: str):
+    """The unpickled top-level object, with every network a Persistent record."""
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f).load()
+    except CheckpointError as e:
+        raise CheckpointError(f"{what} {path}: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{what} {path}: nested too deeply to be a network pickle") from None
+    except Exception as e:  # noqa: BLE001 - damage shows as anything from EOFError to UnicodeDecodeError
+        raise CheckpointError(f"{what} {path} is not a readable network pickle ({type(e).__name__}: "
+                              f"{str(e).strip()[:200]}); the file may be truncated or damaged") from None
+
+
+def flatten(record: Persistent, prefix: str = "") -> dict:
+    """Every parameter and buffer of a network record and its submodules, under their dotted names."""
+    out = {}
+    for kind in ("_parameters", "_buffers"):
+        for name, value in (record.state.get(kind) or {}).items():
+            if value is not None:
+                out[prefix + name] = value
+    for name, sub in record.modules().items():
+        if isinstance(sub, Persistent):
+            out.update(flatten(sub, f"{prefix}{name}."))
+        elif sub is not None:
+            raise CheckpointError(f"submodule {prefix}{name} is a {type(sub).__name__}, not a network record")
+    return out
+
+
+def records(record: Persistent, prefix: str = ""):
+    """(dotted name, record) of the network and every submodule."""
+    yield prefix.rstrip("."), record
+    for name, sub in record.modules().items():
+        if isinstance(sub, Persistent):
+            yield from records(sub, f"{prefix}{name}.")
