@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.generators.layers import standard_normal
 
 
 def keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -294,7 +295,7 @@ class Degradation:
         if self.noise:  # on each compared value: the noise eps assumes exactly this (noise_eps)
             if key is None:
                 raise PulseJaxError(f"degradation {self}: simulating its noise needs a random key")
-            x = x + self.noise * jax.random.normal(key, x.shape, x.dtype)
+            x = x + self.noise * standard_normal(key, x.shape)
         return jnp.clip(jnp.broadcast_to(x, (*x.shape[:3], 3)), 0.0, 1.0)
 
 

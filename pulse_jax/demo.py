@@ -15,7 +15,7 @@ import numpy as np
 from pulse_jax.config import PulseConfig
 from pulse_jax.degrade import Degradation
 from pulse_jax.generators import PRESETS, STYLEGAN2_PRESETS
-from pulse_jax.generators.layers import leaky_relu
+from pulse_jax.generators.layers import leaky_relu, standard_normal
 from pulse_jax.images import save_png
 from pulse_jax.inputs import check_fit_size
 from pulse_jax.latent_search import search
@@ -37,10 +37,10 @@ def ground_truth(model: Model, key) -> np.ndarray:
     """An image the generator can make: a random point of the latent space PULSE searches."""
     k1, k2 = jax.random.split(key)
     mean, std = model.gaussian_fit
-    w = leaky_relu(jax.random.normal(k1, (1, model.num_ws, model.generator.dlatent_size)) * std[None, None]
+    w = leaky_relu(standard_normal(k1, (1, model.num_ws, model.generator.dlatent_size)) * std[None, None]
                    + mean[None, None])
     shapes = model.noise_shapes()
-    noise = [jax.random.normal(k, (1, *s)) for k, s in zip(jax.random.split(k2, len(shapes)), shapes, strict=True)]
+    noise = [standard_normal(k, (1, *s)) for k, s in zip(jax.random.split(k2, len(shapes)), shapes, strict=True)]
     return np.clip((np.asarray(model.synthesize(w, noise))[0] + 1.0) / 2.0, 0.0, 1.0)
 
 

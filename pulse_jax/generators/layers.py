@@ -46,8 +46,15 @@ def per_channel(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
+def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``jax.random.normal(key, shape, float32)``, the same bits, drawn flat and reshaped: XLA:CPU compiles
+    the multi-dimensional form of the (partitionable) threefry draw ~10x slower (2.7 s for a
+    (3, 3, 32, 16) draw on a 2-core CPU, 0.3 s flat), and every init and search start draws."""
+    return jax.random.normal(key, (math.prod(shape),), jnp.float32).reshape(shape)
+
+
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float = 1.0) -> nnx.Param:
-    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+    return nnx.Param(std * standard_normal(rngs.params(), shape))
 
 
 class Prepared(nnx.Variable):
@@ -97,24 +104,43 @@ class Conv(nnx.Module):
         return self.kernel[...] * self.w_mul
 
     def __call__(self, x: jax.Array, precision: str, *, add_bias: bool = True) -> jax.Array:
-        if self.winograd:
-            y = _linear_given_adjoint(_winograd_conv, _winograd_conv, x, self.kernel[...], self.adjoint[...],
-                                      precision)
+        if self.adjoint is None:
+            y = conv_same(x, self.scaled_kernel(), precision)
         else:
-            adjoint = None if self.adjoint is None else self.adjoint[...]
-            y = conv_same(x, self.scaled_kernel(), precision, adjoint)
+            y = prepared_conv(x, self.kernel[...], self.adjoint[...], precision, self.winograd)
         return y + per_channel(self.bias[...], y.ndim) if add_bias else y
 
     def prepare_for_search(self, winograd: bool = False) -> None:
         """``winograd``: run this 3x3 convolution by Winograd's F(2x2, 3x3) (pulse_jax.generators.winograd); the
         kernel and its adjoint are kept in its transformed form."""
-        kernel = self.scaled_kernel()
-        adjoint = adjoint_kernel(kernel)
-        if winograd:
-            kernel, adjoint = winograd_conv.transform_kernel(kernel), winograd_conv.transform_kernel(adjoint)
+        kernel, adjoint = prepare_conv(self.scaled_kernel(), winograd)
         self.kernel, self.adjoint = Prepared(kernel), Prepared(adjoint)
         self.w_mul = 1.0
         self.winograd = winograd
+
+
+def use_winograd(res: int, channels: int) -> bool:
+    """Where Winograd's F(2x2, 3x3) beat XLA:CPU's own 3x3 convolution, one layer at a time (forward, ms,
+    2-core x86-64): 512 channels at 8 / 16 / 32 px 0.7 / 2.4 / 6.1 against 1.4 / 3.8 / 11.6; at 64 px
+    and 256 channels 8.1-8.9 against 9.9-10.8, at 128 px and 128 channels slower (11.1-17.0 vs 10.2-11.1).
+    Not measured on a GPU, where it is off."""
+    return res <= 32 and channels >= 256
+
+
+def prepare_conv(kernel: jax.Array, winograd: bool = False) -> tuple[jax.Array, jax.Array]:
+    """A 'same' convolution's (kernel, adjoint) in the form ``prepared_conv`` takes: as they are, or for a 3x3
+    kernel with ``winograd``, both transformed for Winograd's F(2x2, 3x3)."""
+    adjoint = adjoint_kernel(kernel)
+    if winograd:
+        return winograd_conv.transform_kernel(kernel), winograd_conv.transform_kernel(adjoint)
+    return kernel, adjoint
+
+
+def prepared_conv(x: jax.Array, kernel: jax.Array, adjoint: jax.Array, precision: str, winograd: bool) -> jax.Array:
+    """The 'same' convolution with what ``prepare_conv`` gave; the backward pass uses the adjoint."""
+    if winograd:
+        return _linear_given_adjoint(_winograd_conv, _winograd_conv, x, kernel, adjoint, precision)
+    return conv_same(x, kernel, precision, adjoint)
 
 
 def _winograd_conv(x: jax.Array, transformed: jax.Array, precision: str) -> jax.Array:
@@ -155,6 +181,7 @@ def _linear_given_adjoint_bwd(apply, apply_adjoint, precision, residuals, g):
 
 
 _linear_given_adjoint.defvjp(_linear_given_adjoint_fwd, _linear_given_adjoint_bwd)
+linear_given_adjoint = _linear_given_adjoint  # for the other families' own linear maps
 
 
 def conv_same(x: jax.Array, kernel: jax.Array, precision: str, adjoint: jax.Array | None = None) -> jax.Array:

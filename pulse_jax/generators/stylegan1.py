@@ -31,8 +31,10 @@ from pulse_jax.generators.layers import (
     per_channel,
     phase_conv,
     phase_kernel,
+    standard_normal,
     upsample_conv_phase_kernel,
     upsample_nearest_2x,
+    use_winograd,
 )
 
 MAX_RESOLUTION = 4096  # a 4096 px StyleGAN would already take ~16 GB per seed to search
@@ -102,14 +104,6 @@ PRESETS = {
 }
 
 
-def use_winograd(res: int, channels: int) -> bool:
-    """Where Winograd's F(2x2, 3x3) beat XLA:CPU's own 3x3 convolution, one layer at a time (forward, ms,
-    2-core x86-64): 512 channels at 8 / 16 / 32 px 0.7 / 2.4 / 6.1 against 1.4 / 3.8 / 11.6; at 64 px
-    and 256 channels 8.1-8.9 against 9.9-10.8, at 128 px and 128 channels slower (11.1-17.0 vs 10.2-11.1).
-    Not measured on a GPU, where it is off."""
-    return res <= 32 and channels >= 256
-
-
 def block_name(res: int) -> str:
     return f"{res}x{res}"
 
@@ -118,8 +112,8 @@ class InputBlock(nnx.Module):
     """4x4: learned constant + bias, epilogue, 3x3 conv, epilogue."""
 
     def __init__(self, channels: int, dlatent_size: int, *, rngs: nnx.Rngs):
-        self.const = nnx.Param(jax.random.normal(rngs.params(), (4, 4, channels), jnp.float32))
-        self.bias = nnx.Param(0.1 * jax.random.normal(rngs.params(), (channels,), jnp.float32))
+        self.const = nnx.Param(standard_normal(rngs.params(), (4, 4, channels)))
+        self.bias = nnx.Param(0.1 * standard_normal(rngs.params(), (channels,)))
         self.epi1 = Epilogue(channels, dlatent_size, rngs=rngs)
         self.conv = Conv(channels, channels, 3, gain=math.sqrt(2), rngs=rngs)
         self.epi2 = Epilogue(channels, dlatent_size, rngs=rngs)

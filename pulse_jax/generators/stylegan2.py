@@ -22,7 +22,21 @@ from flax import nnx
 from jax import lax
 
 from pulse_jax.generators.base import Generator
-from pulse_jax.generators.layers import Dense, leaky_relu, matmul_operands, per_channel
+from pulse_jax.generators.layers import (
+    Dense,
+    Prepared,
+    adjoint_kernel,
+    conv_same,
+    leaky_relu,
+    linear_given_adjoint,
+    matmul_operands,
+    per_channel,
+    phase_kernel,
+    prepare_conv,
+    prepared_conv,
+    standard_normal,
+    use_winograd,
+)
 
 MAX_RESOLUTION = 4096
 SQRT2 = math.sqrt(2.0)
@@ -88,32 +102,81 @@ PRESETS = {
 }
 
 
-def _conv(x: jax.Array, kernel: jax.Array, precision: str, padding, lhs_dilation=(1, 1), groups: int = 1):
+def _conv(x: jax.Array, kernel: jax.Array, precision: str, padding: int) -> jax.Array:
     (x, kernel), kw = matmul_operands(precision, x, kernel)
-    return lax.conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=lhs_dilation,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups, **kw)
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((padding, padding), (padding, padding)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
 
 
-def _filter(x: jax.Array, padding, lhs_dilation=(1, 1)) -> jax.Array:
-    """UP_FILTER on every channel (a depthwise 4x4 convolution), float32."""
-    c = x.shape[-1]
-    f = jnp.broadcast_to(jnp.asarray(UP_FILTER)[:, :, None, None], (4, 4, 1, c))
-    return _conv(x, f, "highest", padding, lhs_dilation, groups=c)
+# The filter [1, 3, 3, 1] is separable: per axis [1, 3, 3, 1] / 4 (the 2-D filter times its gain 4).
+# Both uses below are shifted adds along each axis, which XLA fuses; depthwise convolutions are slow
+# in XLA (jax-ml/jax#13800), and a dilated one multiplies inserted zeros.
+
+
+def _filter_axis(p: jax.Array, axis: int, n: int) -> jax.Array:
+    """sum_j f[j] p[i + j] for i < n along ``axis``, f = [1, 3, 3, 1] / 4 (p is n + 3 long there)."""
+    def part(j):
+        return lax.slice_in_dim(p, j, j + n, axis=axis)
+    return (part(0) + 3.0 * part(1) + 3.0 * part(2) + part(3)) * 0.25
+
+
+def blur_4x4(y: jax.Array, h: int, w: int) -> jax.Array:
+    """The filter (times 4) over (B, h + 3, w + 3, C), already padded: valid, -> (B, h, w, C)."""
+    return _filter_axis(_filter_axis(y, 1, h), 2, w)
+
+
+def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:
+    # Zeros between samples, padding 2 before and 1 after, the 4-tap filter: output 2m is
+    # (x[m-1] + 3 x[m]) / 4 and output 2m+1 is (3 x[m] + x[m+1]) / 4, zero beyond the edges.
+    n = x.shape[axis]
+    p = jnp.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)])
+    def at(k):
+        return lax.slice_in_dim(p, k, k + n, axis=axis)
+    even, odd = (at(0) + 3.0 * at(1)) * 0.25, (3.0 * at(1) + at(2)) * 0.25
+    both = jnp.stack([even, odd], axis=axis + 1)
+    return both.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
 
 
 def upsample_2x(x: jax.Array) -> jax.Array:
-    """NVIDIA's upsample2d: zeros between samples (y -> 2y), pad 2 before and 1 after, the 4x4 filter.
-    As a dilated convolution: the dilated signal is 2H - 1 long, so 1 more zero after (2, 2)."""
-    return _filter(x, ((2, 2), (2, 2)), (2, 2))
+    """NVIDIA's upsample2d (the image skip path): (B, H, W, C) -> (B, 2H, 2W, C)."""
+    return _upsample_axis(_upsample_axis(x, 1), 2)
 
 
-def conv_transpose_up(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
-    """torch's ``conv_transpose2d(x, W.transpose(0, 1), stride=2)`` (W as stored), H -> 2H + 1, then the
-    4x4 filter with padding 1 -> 2H. The transposed convolution is the dilated input correlated with the
-    spatially flipped kernel, padded by k - 1."""
-    k = kernel.shape[0]
-    y = _conv(x, kernel[::-1, ::-1], precision, ((k - 1, k - 1), (k - 1, k - 1)), (2, 2))
-    return _filter(y, ((1, 1), (1, 1)))
+# conv0's transposed convolution (torch's conv_transpose2d(x, W.transpose(0, 1), stride=2), W as stored),
+# all 2H + 2 outputs of each axis (the last is zero): output 2g + a is sum_t x[g - 1 + t] K[a + 2 - 2t],
+# K the 3x3 kernel padded to 4 with a zero. So a 2x2 convolution of the input padded by 1, giving the
+# four phases (a, b) on an (H + 1, W + 1) grid as 4 * O channels: 16 products per input channel and
+# output pixel quartet where the transposed convolution has 9, and none with an inserted zero.
+UP_TAPS = (((2,), (0,)), ((3,), (1,)))
+
+
+def up_phase_kernel(kernel: jax.Array) -> jax.Array:
+    """(3, 3, I, O) -> (2, 2, I, 4 * O), output channels (a, b, o)."""
+    return phase_kernel(jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0))), UP_TAPS)
+
+
+def _up_grid(x, phases, precision):
+    return _conv(x, phases, precision, 1)
+
+
+def _up_grid_adjoint(g, adjoint, precision):
+    # Padded by 1 and cropped, as layers._phase_conv_transpose does (XLA:CPU sends an unpadded 2x2
+    # convolution to a slower library).
+    return _conv(g, adjoint, precision, 1)[:, 1:-1, 1:-1]
+
+
+def conv_up(x: jax.Array, phases: jax.Array, adjoint: jax.Array | None, precision: str) -> jax.Array:
+    """conv0: the transposed convolution, then the 4x4 filter with padding 1: (B, H, W, I) -> (B, 2H, 2W, O)."""
+    b, h, w, _ = x.shape
+    o = phases.shape[-1] // 4
+    if adjoint is None:
+        z = _up_grid(x, phases, precision)
+    else:
+        z = linear_given_adjoint(_up_grid, _up_grid_adjoint, x, phases, adjoint, precision)
+    y = z.reshape(b, h + 1, w + 1, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h + 2, 2 * w + 2, o)
+    # Padding 1 before the 2H + 1 outputs the transposed convolution has, and the zero 2H + 2nd is the
+    # padding after: one more zero before, and the filter.
+    return blur_4x4(jnp.pad(y, ((0, 0), (1, 0), (1, 0), (0, 0))), 2 * h, 2 * w)
 
 
 class Affine(Dense):
@@ -121,7 +184,7 @@ class Affine(Dense):
 
     def __init__(self, n_in: int, n_out: int, *, rngs: nnx.Rngs):
         super().__init__(n_in, n_out, gain=1.0, lrmul=1.0, rngs=rngs)
-        self.bias = nnx.Param(1.0 + 0.1 * jax.random.normal(rngs.params(), (n_out,), jnp.float32))
+        self.bias = nnx.Param(1.0 + 0.1 * standard_normal(rngs.params(), (n_out,)))
 
 
 class SynthesisLayer(nnx.Module):
@@ -130,20 +193,44 @@ class SynthesisLayer(nnx.Module):
     def __init__(self, c_in: int, c_out: int, w_dim: int, *, up: bool, conv_clamp: float | None,
                  rngs: nnx.Rngs):
         self.affine = Affine(w_dim, c_in, rngs=rngs)
-        self.weight = nnx.Param(jax.random.normal(rngs.params(), (3, 3, c_in, c_out), jnp.float32))
-        self.bias = nnx.Param(0.1 * jax.random.normal(rngs.params(), (c_out,), jnp.float32))
-        self.noise_strength = nnx.Param(0.1 * jax.random.normal(rngs.params(), (), jnp.float32))
+        self.weight = nnx.Param(standard_normal(rngs.params(), (3, 3, c_in, c_out)))
+        self.bias = nnx.Param(0.1 * standard_normal(rngs.params(), (c_out,)))
+        self.noise_strength = nnx.Param(0.1 * standard_normal(rngs.params(), ()))
         self.up = up
         self.conv_clamp = conv_clamp
+        self.prepared = nnx.data(None)  # prepare_for_search: (power, kernel, adjoint) in the step's forms
+        self.winograd = False
+
+    def prepare_for_search(self, winograd: bool = False) -> None:
+        """The demodulation's sum of squares per (I, O) and the convolution's kernel with its adjoint, once
+        (the weight itself is kept: the same function, less work per step)."""
+        weight = self.weight[...]
+        power = jnp.sum(jnp.square(weight), axis=(0, 1))
+        if self.up:
+            phases = up_phase_kernel(weight)
+            kernel, adjoint = phases, adjoint_kernel(phases)
+        else:
+            kernel, adjoint = prepare_conv(weight, winograd)
+            self.winograd = winograd
+        self.prepared = nnx.Dict({"power": Prepared(power), "kernel": Prepared(kernel), "adjoint": Prepared(adjoint)})
+        self.affine.prepare_for_search()
 
     def __call__(self, x: jax.Array, w: jax.Array, noise: jax.Array, precision: str) -> jax.Array:
         styles = self.affine(w, precision)                                       # (B, I)
         weight = self.weight[...]
-        power = jnp.sum(jnp.square(weight), axis=(0, 1))                         # (I, O)
+        if self.prepared is None:
+            power = jnp.sum(jnp.square(weight), axis=(0, 1))                     # (I, O)
+        else:
+            power = self.prepared["power"][...]
         (s2, p), kw = matmul_operands(precision, jnp.square(styles), power)
         demod = lax.rsqrt(jnp.dot(s2, p, **kw) + DEMODULATION_EPS)              # (B, O)
         x = x * styles[:, None, None, :]
-        x = conv_transpose_up(x, weight, precision) if self.up else _conv(x, weight, precision, ((1, 1), (1, 1)))
+        if self.prepared is None:
+            x = conv_up(x, up_phase_kernel(weight), None, precision) if self.up else conv_same(x, weight, precision)
+        else:
+            kernel, adjoint = self.prepared["kernel"][...], self.prepared["adjoint"][...]
+            x = conv_up(x, kernel, adjoint, precision) if self.up else prepared_conv(x, kernel, adjoint, precision,
+                                                                                      self.winograd)
         x = x * demod[:, None, None, :]
         x = x + noise[..., None] * self.noise_strength[...]
         x = leaky_relu(x + per_channel(self.bias[...], x.ndim)) * SQRT2
@@ -155,13 +242,13 @@ class ToRGB(nnx.Module):
 
     def __init__(self, c_in: int, w_dim: int, *, conv_clamp: float | None, rngs: nnx.Rngs):
         self.affine = Affine(w_dim, c_in, rngs=rngs)
-        self.weight = nnx.Param(jax.random.normal(rngs.params(), (1, 1, c_in, 3), jnp.float32))
-        self.bias = nnx.Param(0.1 * jax.random.normal(rngs.params(), (3,), jnp.float32))
+        self.weight = nnx.Param(standard_normal(rngs.params(), (1, 1, c_in, 3)))
+        self.bias = nnx.Param(0.1 * standard_normal(rngs.params(), (3,)))
         self.conv_clamp = conv_clamp
 
     def __call__(self, x: jax.Array, w: jax.Array, precision: str) -> jax.Array:
         styles = self.affine(w, precision) / math.sqrt(x.shape[-1])
-        y = _conv(x * styles[:, None, None, :], self.weight[...], precision, ((0, 0), (0, 0)))
+        y = _conv(x * styles[:, None, None, :], self.weight[...], precision, 0)
         y = y + per_channel(self.bias[...], y.ndim)
         return y if self.conv_clamp is None else jnp.clip(y, -self.conv_clamp, self.conv_clamp)
 
@@ -173,11 +260,17 @@ class Block(nnx.Module):
         c, d, clamp = config.channels(res), config.dlatent_size, config.conv_clamp
         self.first = res == 4
         if self.first:
-            self.const = nnx.Param(jax.random.normal(rngs.params(), (4, 4, c), jnp.float32))
+            self.const = nnx.Param(standard_normal(rngs.params(), (4, 4, c)))
         else:
             self.conv0 = SynthesisLayer(config.channels(res // 2), c, d, up=True, conv_clamp=clamp, rngs=rngs)
         self.conv1 = SynthesisLayer(c, c, d, up=False, conv_clamp=clamp, rngs=rngs)
         self.torgb = ToRGB(c, d, conv_clamp=clamp, rngs=rngs)
+
+    def prepare_for_search(self, winograd: bool) -> None:
+        for name in ("conv0", "conv1"):
+            if hasattr(self, name):
+                getattr(self, name).prepare_for_search(winograd)
+        self.torgb.affine.prepare_for_search()
 
     def __call__(self, x, img, w, noise, precision: str):
         """w: this block's rows (conv0?, conv1, torgb); noise: its maps (conv0?, conv1)."""
@@ -198,8 +291,15 @@ class Synthesis(nnx.Module):
         self.blocks = nnx.Dict({f"b{r}": Block(config, r, rngs=rngs) for r in config.block_resolutions()})
 
     def prepare_for_search(self, winograd: bool | None = None, transposed_conv: str = "phases") -> None:
-        """Nothing to precompute yet: the options of the StyleGAN v1 search are accepted and change nothing."""
-        del winograd, transposed_conv
+        """In place: the forms a search step uses (layers.Prepared); the same function. ``winograd``: the
+        3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3) (default: on a CPU, where the
+        StyleGAN v1 measurements say it pays; layers.use_winograd). ``transposed_conv``: StyleGAN v1's
+        option; here the upsampling is always the phase form."""
+        del transposed_conv
+        if winograd is None:
+            winograd = jax.default_backend() == "cpu"
+        for res in self.config.block_resolutions():
+            self.blocks[f"b{res}"].prepare_for_search(winograd and use_winograd(res, self.config.channels(res)))
 
     def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest",
                  remat: bool = False) -> jax.Array:
@@ -227,7 +327,7 @@ class Mapping(nnx.Module):
         self.num_layers = config.mapping_layers
         for i in range(self.num_layers):  # named as NVIDIA's (fc0, fc1, ...): string keys for orbax
             setattr(self, f"fc{i}", Dense(d, d, gain=1.0, lrmul=config.mapping_lr_multiplier, rngs=rngs))
-        self.w_avg = nnx.Param(jax.random.normal(rngs.params(), (d,), jnp.float32))
+        self.w_avg = nnx.Param(standard_normal(rngs.params(), (d,)))
 
     def __call__(self, z: jax.Array, precision: str = "highest") -> jax.Array:
         x = z * lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)

@@ -17,7 +17,7 @@ import optax
 from pulse_jax.config import PulseConfig, RunOptions
 from pulse_jax.degrade import Degradation
 from pulse_jax.generators import Generator
-from pulse_jax.generators.layers import leaky_relu
+from pulse_jax.generators.layers import leaky_relu, standard_normal
 from pulse_jax.losses import geocross_loss, l1_loss, l2_loss, mse
 from pulse_jax.optim import SphereState, make_optimizer, sphere_init, sphere_project
 
@@ -130,7 +130,7 @@ def init_one(spec: Spec, key, latent=None, noise=None) -> SearchState:
     """Draw (or take) the start values of one (image, seed) and build its state."""
     keys = jax.random.split(key, spec.num_noise + 1)
     if latent is None:
-        latent = jax.random.normal(keys[0], (spec.latent_rows, spec.generator.dlatent_size), jnp.float32)
+        latent = standard_normal(keys[0], (spec.latent_rows, spec.generator.dlatent_size))
     maps = []
     for i, shape in enumerate(spec.noise_shapes):
         if i in spec.zero:
@@ -138,7 +138,7 @@ def init_one(spec: Spec, key, latent=None, noise=None) -> SearchState:
         elif noise is not None:
             maps.append(jnp.asarray(noise[i], jnp.float32)[None])
         else:
-            maps.append(jax.random.normal(keys[i + 1], (1, *shape), jnp.float32))
+            maps.append(standard_normal(keys[i + 1], (1, *shape)))
     params = {"latent": jnp.asarray(latent, jnp.float32), "noise": tuple(maps[i] for i in spec.trainable)}
     fixed = tuple(maps[i] for i in spec.fixed)
     inf = jnp.array(jnp.inf, jnp.float32)
