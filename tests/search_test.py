@@ -145,12 +145,12 @@ def test_1024_search_follows_reference(gaussian_fit, gaussian_fit_file, tmp_path
     assert np.all(result.noise[17] == 0)
 
 
-def test_results_are_what_they_claim(tiny):
-    model = tiny
+def test_results_are_what_they_claim(micro):
+    model = micro
     lr = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=6, eps=0.05)
     r = pj.search(model, lr, config, seeds=3, key=jax.random.key(1))
-    assert r.images.shape == (2, 3, 128, 128, 3) and r.images.min() >= 0 and r.images.max() <= 1
+    assert r.images.shape == (2, 3, 32, 32, 3) and r.images.min() >= 0 and r.images.max() <= 1
     assert r.loss_history.shape == r.l2_history.shape == (6, 2, 3)
     np.testing.assert_array_equal(r.best_loss, r.loss_history.min(0))
     np.testing.assert_array_equal(r.best_step, r.loss_history.argmin(0))
@@ -176,8 +176,8 @@ def test_results_are_what_they_claim(tiny):
                                    np.linalg.norm(start.noise[i], axis=(2, 3)), rtol=1e-5)
 
 
-def test_seeds_and_images_do_not_couple(tiny):
-    model = tiny
+def test_seeds_and_images_do_not_couple(micro):
+    model = micro
     lr = np.random.default_rng(5).random((3, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=3)
     key = jax.random.key(7)
@@ -190,7 +190,7 @@ def test_seeds_and_images_do_not_couple(tiny):
     assert not np.allclose(together.images[1, 0], together.images[1, 1])
 
 
-def test_step_loop_on_device_equals_host_loop(tiny):
+def test_step_loop_on_device_equals_host_loop(micro):
     """The in-program fori_loop (GPU/TPU default) and the per-step calls (CPU default) agree. The two
     are compiled apart and XLA fuses a loop body differently, so they round differently: losses agree to
     rounding (measured 2e-6), but the generator's float32 gradients carry up to 1e-2 of their std of
@@ -199,47 +199,47 @@ def test_step_loop_on_device_equals_host_loop(tiny):
     9%, so 1e-2 still tells a wrong step from rounding."""
     lr = np.random.default_rng(9).random((1, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=3)
-    a = pj.search(tiny, lr, config, pj.RunOptions(step_loop="device", chunk_steps=2), seeds=2, key=jax.random.key(3))
-    b = pj.search(tiny, lr, config, pj.RunOptions(step_loop="host", chunk_steps=2), seeds=2, key=jax.random.key(3))
+    a = pj.search(micro, lr, config, pj.RunOptions(step_loop="device", chunk_steps=2), seeds=2, key=jax.random.key(3))
+    b = pj.search(micro, lr, config, pj.RunOptions(step_loop="host", chunk_steps=2), seeds=2, key=jax.random.key(3))
     np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-5)
     np.testing.assert_allclose(a.images, b.images, atol=1e-2)
 
 
-def test_step_loop_on_device_needs_no_more_memory_than_one_step(tiny):
+def test_step_loop_on_device_needs_no_more_memory_than_one_step(micro):
     """The fori_loop program's memory (XLA's analysis of the compiled programs) against one step's: XLA
     hoisted each fixed noise map times its per-channel weights out of the loop and kept those C-times-
     larger products through it (+32% temporaries here, +40% at 1024 px) until the loop body's state went
     through an optimisation barrier. 5% allows for buffer assignment's own differences (measured 0.2%)."""
-    one, loop = (programs.compile_step_program(tiny, 4, 16, pj.RunOptions(step_loop=where)).memory_analysis()
+    one, loop = (programs.compile_step_program(micro, 4, 16, pj.RunOptions(step_loop=where)).memory_analysis()
                  for where in ("host", "device"))
     assert loop.temp_size_in_bytes <= 1.05 * one.temp_size_in_bytes, (loop.temp_size_in_bytes, one.temp_size_in_bytes)
 
 
-def test_diverged_seed_is_stopped_and_others_go_on(tiny):
+def test_diverged_seed_is_stopped_and_others_go_on(micro):
     lr = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
-    init = random_init(tiny, 1, 3, tiny.num_ws, 4)
+    init = random_init(micro, 1, 3, micro.num_ws, 4)
     poisoned = pj.SearchInit(init.latent.copy(), init.noise)
     poisoned.latent[0, 1, 3, 7] = np.nan
     config = pj.PulseConfig(steps=3)
-    bad = pj.search(tiny, lr, config, seeds=3, init=poisoned)
-    good = pj.search(tiny, lr, config, seeds=3, init=init)
+    bad = pj.search(micro, lr, config, seeds=3, init=poisoned)
+    good = pj.search(micro, lr, config, seeds=3, init=init)
     assert bad.diverged.tolist() == [[False, True, False]] and not good.diverged.any()
     assert not bad.success[0, 1] and np.isinf(bad.min_l2[0, 1])
     np.testing.assert_allclose(bad.loss_history[:, 0, [0, 2]], good.loss_history[:, 0, [0, 2]], rtol=1e-5)
     assert np.all(np.isfinite(bad.images))
 
 
-def test_same_key_same_bits(tiny):
+def test_same_key_same_bits(micro):
     lr = np.random.default_rng(3).random((2, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=3)
-    a = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(5))
-    b = pj.search(tiny, lr, config, seeds=2, key=jax.random.key(5))
+    a = pj.search(micro, lr, config, seeds=2, key=jax.random.key(5))
+    b = pj.search(micro, lr, config, seeds=2, key=jax.random.key(5))
     for field in ("images", "loss_history", "l2_history", "latent", "best_step"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
 
 
-def test_second_search_does_not_recompile(tiny):
-    model = tiny
+def test_second_search_does_not_recompile(micro):
+    model = micro
     lr = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=4)
     pj.search(model, lr, config, pj.RunOptions(chunk_steps=3), seeds=2, key=jax.random.key(0))
@@ -250,8 +250,8 @@ def test_second_search_does_not_recompile(tiny):
     assert [f._cache_size() for f in compiled] == sizes
 
 
-def test_bad_inputs_are_refused_clearly(tiny):
-    model = tiny
+def test_bad_inputs_are_refused_clearly(micro):
+    model = micro
     with pytest.raises(pj.PulseJaxError, match="must divide"):
         pj.search(model, np.zeros((1, 24, 24, 3), np.float32))
     with pytest.raises(pj.PulseJaxError, match=r"\(N, h, h, 3\)"):
@@ -260,7 +260,7 @@ def test_bad_inputs_are_refused_clearly(tiny):
         pj.search(model, np.zeros((1, 32, 32, 3), np.float32), init=pj.SearchInit(np.zeros((1, 1, 3, 512)), []))
     with pytest.raises(pj.PulseJaxError, match="out of range"):
         pj.search(model, np.zeros((1, 32, 32, 3), np.float32), pj.PulseConfig(bad_noise_layers=(12,)))
-    no_fit = pj.Model.random(pj.PRESETS["tiny_128"], 0)
+    no_fit = pj.Model(micro.generator, micro.synthesis)
     with pytest.raises(pj.PulseJaxError, match="no gaussian fit"):
         pj.search(no_fit, np.zeros((1, 32, 32, 3), np.float32))
 
@@ -280,13 +280,13 @@ def test_config_validation():
     assert pj.PulseConfig(bad_noise_layers=(2,)).trainable_layers(18) == (0, 1, 3, 4)
 
 
-def test_remat_changes_nothing_but_memory(tiny):
+def test_remat_changes_nothing_but_memory(micro):
     """Rematerialised blocks give the same search. (The memory it saves is measured on a GPU by
     benchmarks/remat_memory.py: XLA:CPU's memory analysis reports every activation either way.)"""
     lr = np.random.default_rng(11).random((1, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=2)
-    plain = pj.search(tiny, lr, config, seeds=4, key=jax.random.key(2))
-    remat = pj.search(tiny, lr, config, pj.RunOptions(remat=True), seeds=4, key=jax.random.key(2))
+    plain = pj.search(micro, lr, config, seeds=4, key=jax.random.key(2))
+    remat = pj.search(micro, lr, config, pj.RunOptions(remat=True), seeds=4, key=jax.random.key(2))
     np.testing.assert_allclose(remat.loss_history[0], plain.loss_history[0], rtol=1e-6)
     np.testing.assert_allclose(remat.loss_history, plain.loss_history, rtol=1e-5)
 
@@ -306,7 +306,7 @@ def test_seed_groups_cover_every_seed_once_in_near_equal_groups():
         assert max(sizes) * images * resolution**2 <= max(CPU_PIXELS_PER_CALL, images * resolution**2)
 
 
-def test_seeds_run_in_groups_equal_seeds_run_together(tiny, monkeypatch):
+def test_seeds_run_in_groups_equal_seeds_run_together(micro, monkeypatch):
     """The CPU host loop's seed groups (one compiled call per group) against one call for all seeds: the
     same search. A batch of 1 and a batch of 3 are compiled apart and round differently, so this is
     compared like two implementations (assert_follows: measured 2e-5 after two updates) and the images
@@ -314,9 +314,9 @@ def test_seeds_run_in_groups_equal_seeds_run_together(tiny, monkeypatch):
     lr = np.random.default_rng(9).random((2, 16, 16, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=3)
     seen = []
-    together = pj.search(tiny, lr, config, pj.RunOptions(step_loop="host"), seeds=3, key=jax.random.key(3))
-    monkeypatch.setattr(programs, "CPU_PIXELS_PER_CALL", 2 * 128 * 128)  # one seed of 2 images
-    grouped = pj.search(tiny, lr, config, pj.RunOptions(step_loop="host", chunk_steps=2), seeds=3,
+    together = pj.search(micro, lr, config, pj.RunOptions(step_loop="host"), seeds=3, key=jax.random.key(3))
+    monkeypatch.setattr(programs, "CPU_PIXELS_PER_CALL", 2 * 32 * 32)  # one seed of 2 images
+    grouped = pj.search(micro, lr, config, pj.RunOptions(step_loop="host", chunk_steps=2), seeds=3,
                         key=jax.random.key(3),
                         on_chunk=lambda done, state: seen.append((done, state.loss_history.shape)))
     assert seen == [(2, (2, 3, 3)), (3, (2, 3, 3))]  # progress sees every seed

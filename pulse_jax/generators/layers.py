@@ -41,6 +41,11 @@ def leaky_relu(x: jax.Array, slope: float = LEAKY_SLOPE) -> jax.Array:
     return jnp.where(x >= 0, x, x * slope)
 
 
+def normalize_2nd_moment(z: jax.Array) -> jax.Array:
+    """The mapping networks' first step: each latent over the root of its mean square (+ 1e-8)."""
+    return z * lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
+
+
 def per_channel(v: jax.Array, ndim: int) -> jax.Array:
     """A (C,) vector shaped to broadcast over the last axis of an ndim array (no rank promotion)."""
     return v.reshape((1,) * (ndim - 1) + (-1,))

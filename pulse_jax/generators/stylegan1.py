@@ -28,6 +28,7 @@ from pulse_jax.generators.layers import (
     conv_transpose_2x,
     fused_upsample_kernel,
     leaky_relu,
+    normalize_2nd_moment,
     per_channel,
     phase_conv,
     phase_kernel,
@@ -238,7 +239,7 @@ class Mapping(nnx.Module):
                                              lrmul=MAPPING_LRMUL, rngs=rngs))
 
     def __call__(self, z: jax.Array, precision: str = "highest") -> jax.Array:
-        x = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
+        x = normalize_2nd_moment(z)
         for i in range(MAPPING_LAYERS):
             x = leaky_relu(getattr(self, f"dense{i}")(x, precision))
         return x

@@ -30,6 +30,7 @@ from pulse_jax.generators.layers import (
     leaky_relu,
     linear_given_adjoint,
     matmul_operands,
+    normalize_2nd_moment,
     per_channel,
     phase_kernel,
     prepare_conv,
@@ -330,7 +331,7 @@ class Mapping(nnx.Module):
         self.w_avg = nnx.Param(standard_normal(rngs.params(), (d,)))
 
     def __call__(self, z: jax.Array, precision: str = "highest") -> jax.Array:
-        x = z * lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
+        x = normalize_2nd_moment(z)
         for i in range(self.num_layers):
             x = leaky_relu(getattr(self, f"fc{i}")(x, precision)) * SQRT2
         return x
