@@ -145,7 +145,7 @@ def rosinality_to_nvidia(g_ema: dict[str, np.ndarray], latent_avg: np.ndarray, w
     sd["synthesis.b4.const"] = const[0]
     n_blocks = 1 + len({int(m[1]) for k in rest if (m := re.match(r"to_rgbs\.(\d+)\.", k))})
 
-    def styled(src, dst, res, up):
+    def styled(src, dst, up):
         weight = take(f"{src}.conv.weight")[0]                   # (O, I, k, k)
         fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
         sd[f"{dst}.weight"] = weight / np.float32(math.sqrt(fan_in))
@@ -165,13 +165,13 @@ def rosinality_to_nvidia(g_ema: dict[str, np.ndarray], latent_avg: np.ndarray, w
         if up:
             _check_blur(take(f"{src}.upsample.kernel"), f"{src}.upsample.kernel", what)
 
-    styled("conv1", "synthesis.b4.conv1", 4, False)
+    styled("conv1", "synthesis.b4.conv1", False)
     to_rgb("to_rgb1", "synthesis.b4.torgb", False)
     sd["synthesis.b4.resample_filter"] = FILTER
     for j in range(n_blocks - 1):
         res = 2 ** (j + 3)
-        styled(f"convs.{2 * j}", f"synthesis.b{res}.conv0", res, True)
-        styled(f"convs.{2 * j + 1}", f"synthesis.b{res}.conv1", res, False)
+        styled(f"convs.{2 * j}", f"synthesis.b{res}.conv0", True)
+        styled(f"convs.{2 * j + 1}", f"synthesis.b{res}.conv1", False)
         to_rgb(f"to_rgbs.{j}", f"synthesis.b{res}.torgb", True)
         sd[f"synthesis.b{res}.resample_filter"] = FILTER
     for i in range(2 * n_blocks - 1):
