@@ -1,4 +1,4 @@
-"""``python -m convert``: PULSE's checkpoints, or a StyleGAN2 network file -> a pulse-jax model directory."""
+"""``python -m convert``: PULSE's checkpoints, or a network file (StyleGAN, StyleGAN2) -> a model directory."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Convert PULSE's StyleGAN v1 checkpoints (--synthesis, --mapping, --gaussian-fit) or a "
-        "StyleGAN2 generator (--network: an NVIDIA stylegan2-ada-pytorch network pickle or a rosinality "
-        "checkpoint) into a pulse-jax model directory. No code from any file runs: torch files are read with "
-        "torch.load(weights_only=True), network pickles with an unpickler that resolves only the globals a "
-        "network pickle needs and never runs the source code they carry.",
+        "network file (--network: an NVIDIA stylegan2-ada-pytorch network pickle, NVIDIA's TensorFlow-era "
+        "StyleGAN or StyleGAN2 pickle, or a rosinality checkpoint) into a pulse-jax model directory. No code "
+        "from any file runs: torch files are read with torch.load(weights_only=True), network pickles with an "
+        "unpickler that resolves only the globals a network pickle needs and never runs the source code they "
+        "carry.",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--network", help="a StyleGAN2 generator: NVIDIA's network pickle (G_ema is used, else G) "
-                        "or rosinality's .pt (g_ema, latent_avg); the kind is read from the content")
+    source.add_argument("--network", help="a generator file, the kind read from the content: NVIDIA's "
+                        "stylegan2-ada-pytorch pickle (G_ema is used, else G), NVIDIA's TensorFlow-era pickle "
+                        "((G, D, Gs): Gs; StyleGAN's karras2019stylegan-*.pkl -> StyleGAN v1, StyleGAN2's "
+                        "stylegan2-*-config-f.pkl -> StyleGAN2) or rosinality's .pt (g_ema, latent_avg)")
     source.add_argument("--synthesis", help="PULSE's synthesis.pt (state dict of the synthesis network)")
     p.add_argument("--mapping", help="PULSE's mapping.pt (needed for model.map and to compute the gaussian fit)")
     p.add_argument("--gaussian-fit", help="PULSE's gaussian_fit.pt ({'mean', 'std'}); "

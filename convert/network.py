@@ -1,8 +1,10 @@
-"""``--network FILE``: a StyleGAN2 generator from NVIDIA's network pickle or rosinality's checkpoint, the
-kind recognised from the content -> a model directory. Nothing in the file runs."""
+"""``--network FILE``: a generator from NVIDIA's network pickles (stylegan2-ada-pytorch, or the TensorFlow-era
+StyleGAN / StyleGAN2 releases) or rosinality's checkpoint, the kind recognised from the content -> a model
+directory. Nothing in the file runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import sys
@@ -11,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import stylegan2
+from convert import nvidia_pickle, stylegan2, tf_pickle
+from convert.converted import Converted
 from convert.nvidia_pickle import Persistent, flatten, read_network_pickle, records
 from convert.pulse import check_out
+from convert.tf_stylegan import convert_tf_generator
 from convert.torch_io import load_state_dict
 from pulse_jax import pulse_format
 from pulse_jax.errors import CheckpointError, PulseJaxError
@@ -59,9 +63,6 @@ def _setting(layers: list[Persistent], name: str, what: str, default=None):
 
 def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
     """(NVIDIA-named arrays, architecture settings, provenance) of the generator in a network pickle."""
-    if isinstance(top, tuple):
-        raise CheckpointError(f"{what}: a tuple of networks, as NVIDIA's TensorFlow-era pickles are; those are "
-                              "not read yet: convert the PyTorch release of the network (stylegan2-ada-pytorch)")
     if isinstance(top, dict):
         g = top.get("G_ema", top.get("G"))
         if g is None:
@@ -137,24 +138,37 @@ def _load_torch(path: Path, what: str):
                               f"{str(e).strip()[:200]}); the file may be truncated") from None
 
 
-def read_network(path: str) -> tuple[stylegan2.StyleGAN2Config, dict, dict, dict]:
-    """(config, synthesis tree, mapping tree, provenance) from either kind of file."""
+# A network pickle of either era: the PyTorch records' globals and the TensorFlow ones, nothing else.
+NETWORK_PICKLE_GLOBALS = {**nvidia_pickle.ALLOWED, **tf_pickle.ALLOWED}
+
+
+def _is_tf(top) -> bool:
+    return isinstance(top, tf_pickle.TFNetwork) or (
+        isinstance(top, tuple) and any(isinstance(n, tf_pickle.TFNetwork) for n in top))
+
+
+def read_network(path: str) -> Converted:
+    """The generator in any of the files --network takes, in our terms."""
     file = Path(path)
     what = f"--network {path}"
     if not file.is_file():
         raise CheckpointError(f"{what}: no such file")
     if file.stat().st_size == 0:
         raise CheckpointError(f"{what}: the file is empty")
-    if file_kind(file) == "torch":
-        sd, settings, provenance = rosinality_generator(_load_torch(file, what), what)
+    if file_kind(file) == "pickle":
+        top = read_network_pickle(file, "--network", NETWORK_PICKLE_GLOBALS)
+        if _is_tf(top):
+            converted = convert_tf_generator(tf_pickle.tf_generator(top, what), what)
+            return dataclasses.replace(converted, source={**converted.source, "file_sha256": _sha256(file)})
+        sd, settings, provenance = nvidia_generator(top, what)
     else:
-        sd, settings, provenance = nvidia_generator(read_network_pickle(file, "--network"), what)
+        sd, settings, provenance = rosinality_generator(_load_torch(file, what), what)
     config = stylegan2.config_from_state(sd, what, conv_clamp=settings["conv_clamp"],
                                          channel_base=settings["channel_base"],
                                          lr_multiplier=settings["lr_multiplier"])
     synthesis, mapping = stylegan2.to_params(sd, config, what)
-    provenance["file_sha256"] = _sha256(file)
-    return config, synthesis, mapping, provenance
+    return Converted(config, synthesis, mapping, stylegan2.stored_noise(sd, config), None,
+                     {**provenance, "file_sha256": _sha256(file)})
 
 
 def _sha256(path: Path) -> str:
@@ -173,16 +187,18 @@ def convert_network(*, network: str, out: str, gaussian_fit: str | None = None, 
     if gaussian_fit is None and gaussian_fit_samples < 2:
         raise PulseJaxError(f"--fit-samples must be at least 2 (a standard deviation needs two samples), "
                             f"got {gaussian_fit_samples}")
-    config, synthesis, mapping, source = read_network(network)
-    log(f"network ({source['kind']}): {config}")
+    network_file = read_network(network)
+    config = network_file.config
+    log(f"network ({network_file.source['kind']}): {config}")
     fit = None
     if gaussian_fit is not None:
         fit = pulse_format.gaussian_fit_arrays(load_state_dict(gaussian_fit, "gaussian fit"), config.dlatent_size,
                                                f"gaussian fit {gaussian_fit}")
-    model = Model.from_arrays(config, synthesis, mapping, fit)
+    model = Model.from_arrays(config, network_file.synthesis, network_file.mapping, fit,
+                              stored_noise=network_file.noise, stored_w_avg=network_file.w_avg)
     if fit is None:
         bar = Progress(gaussian_fit_samples, "gaussian fit", "samples", enabled=verbose)
         fit = compute_gaussian_fit(model, num_samples=gaussian_fit_samples,
                                    progress=lambda done, total: bar.update(done - bar.count))
         model = model.with_gaussian_fit(fit)
-    return save_model(model, out, overwrite=overwrite, source=source)
+    return save_model(model, out, overwrite=overwrite, source=network_file.source)

@@ -68,14 +68,14 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, *state):
     return data
 
 
-def _dtype(name, align=False, copy=False):
+def numpy_dtype(name, align=False, copy=False):
     dtype = np.dtype(name)
     if dtype.hasobject:
         raise CheckpointError("a numpy value of object dtype (it would unpickle arbitrary objects) was refused")
     return dtype
 
 
-def _scalar(dtype, data=None):
+def numpy_scalar(dtype, data=None):
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
         raise CheckpointError("a numpy scalar that is not plain bytes of a numeric dtype was refused")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
@@ -88,33 +88,39 @@ ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage,
-    ("numpy.core.multiarray", "scalar"): _scalar,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-    ("numpy", "dtype"): _dtype,
+    ("numpy.core.multiarray", "scalar"): numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): numpy_scalar,
+    ("numpy", "dtype"): numpy_dtype,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
 }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals in ``allowed``, each to a function of ours; names any other and stops."""
+
+    def __init__(self, file, allowed: dict):
+        super().__init__(file)
+        self.allowed = allowed
+
     def find_class(self, module: str, name: str):
-        found = ALLOWED.get((module, name))
+        found = self.allowed.get((module, name))
         if found is None:
             raise CheckpointError(
                 f"the pickle asks for {module}.{name}, which a network pickle has no need of; it was refused "
-                "and nothing from the file ran. pulse-jax reads NVIDIA's stylegan2-ada-pytorch network pickles "
-                "(and names every other global it meets)")
+                "and nothing from the file ran. pulse-jax reads NVIDIA's network pickles (stylegan2-ada-pytorch, "
+                "and the TensorFlow-era StyleGAN / StyleGAN2 releases) and names every other global it meets")
         return found
 
     def persistent_load(self, pid):
         raise CheckpointError("the pickle uses persistent ids (a torch.save zip?): not a network pickle")
 
 
-def read_network_pickle(path: Path, what: str):
-    """The unpickled top-level object, with every network a Persistent record."""
+def read_network_pickle(path: Path, what: str, allowed: dict | None = None):
+    """The unpickled top-level object, with every network a record (``allowed``: default ALLOWED)."""
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f).load()
+            return RestrictedUnpickler(f, ALLOWED if allowed is None else allowed).load()
     except CheckpointError as e:
         raise CheckpointError(f"{what} {path}: {e}") from None
     except RecursionError:

@@ -1,8 +1,8 @@
 """StyleGAN2 weights under NVIDIA's names -> our params trees; rosinality's names -> NVIDIA's.
 
 Small pure functions over ``{name: array}`` dicts (shared/docs/stylegan2-reference.md, sections 1-3).
-Every tensor of the generator is used or checked (the fixed filters and stored noise maps are checked,
-not kept); every missing, unexpected or mis-shaped one is named.
+Every tensor of the generator is used or checked (the fixed filters are checked, not kept; the stored
+noise maps are kept apart from the params); every missing, unexpected or mis-shaped one is named.
 """
 
 from __future__ import annotations
@@ -95,6 +95,18 @@ def check_state(sd: dict[str, np.ndarray], config: StyleGAN2Config, what: str) -
                               "resample_filter is not supported)")
 
 
+def noise_layers(resolution: int) -> list[str]:
+    """NVIDIA's layer of each noise map, in our (and every file's) order: b4.conv1, then conv0 and conv1
+    of each later block."""
+    blocks = [2**k for k in range(3, int(math.log2(resolution)) + 1)]
+    return ["synthesis.b4.conv1"] + [f"synthesis.b{r}.{conv}" for r in blocks for conv in ("conv0", "conv1")]
+
+
+def stored_noise(sd: dict[str, np.ndarray], config: StyleGAN2Config) -> list[np.ndarray]:
+    """The generator's own noise maps (NVIDIA's noise_const, used with noise_mode='const'), (r, r) each."""
+    return [np.asarray(sd[f"{layer}.noise_const"], np.float32) for layer in noise_layers(config.resolution)]
+
+
 def _dense(sd, p):
     return {"kernel": np.ascontiguousarray(sd[f"{p}.weight"].T), "bias": sd[f"{p}.bias"]}
 
@@ -174,8 +186,7 @@ def rosinality_to_nvidia(g_ema: dict[str, np.ndarray], latent_avg: np.ndarray, w
         styled(f"convs.{2 * j + 1}", f"synthesis.b{res}.conv1", False)
         to_rgb(f"to_rgbs.{j}", f"synthesis.b{res}.torgb", True)
         sd[f"synthesis.b{res}.resample_filter"] = FILTER
-    for i in range(2 * n_blocks - 1):
-        layer = "synthesis.b4.conv1" if i == 0 else f"synthesis.b{2 ** ((i + 1) // 2 + 2)}.conv{1 - i % 2}"
+    for i, layer in enumerate(noise_layers(2 ** (n_blocks + 1))):
         sd[f"{layer}.noise_const"] = take(f"noises.noise_{i}")[0, 0]
     sd.update({f"g_ema.{k}": v for k, v in rest.items()})  # named as unexpected by check_state
     return sd

@@ -23,6 +23,10 @@ _HELP = {
     "noise_type": "zero, fixed or trainable noise maps",
     "num_trainable_noise_layers": "with trainable noise: optimise the maps of layers below this",
     "bad_noise_layers": "layers whose noise is zero, e.g. '17' or '16.17' (default: the last layer)",
+    "stored_noise": "start the noise maps from the generator's own (kept by NVIDIA's pickles and rosinality's "
+                    "checkpoints; NVIDIA's randomize_noise=False) instead of N(0, 1) draws: with --noise-type "
+                    "fixed they stay so, with trainable the first maps are optimised from there; bad layers "
+                    "stay zero",
     "tile_latent": "search one latent vector for all layers",
     "opt_name": "adam, sgd, sgdm or adamax",
     "learning_rate": "base learning rate",
@@ -142,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="PULSE photo upsampling on StyleGAN v1 and StyleGAN2, in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("convert", help="convert PULSE's synthesis.pt / mapping.pt, or a StyleGAN2 network (NVIDIA's "
-                                   "pickle, rosinality's .pt), into a model directory",
+    sub.add_parser("convert", help="convert PULSE's synthesis.pt / mapping.pt, or a network file (NVIDIA's "
+                                   "pickles of StyleGAN and StyleGAN2, rosinality's .pt), into a model directory",
                    add_help=False)
 
     up = sub.add_parser("upsample", help="upsample low-resolution images (files or folders)",

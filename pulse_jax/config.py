@@ -41,6 +41,7 @@ class PulseConfig:
     noise_type: str = "trainable"
     num_trainable_noise_layers: int = 5
     bad_noise_layers: tuple[int, ...] | None = None
+    stored_noise: bool = False  # not in the reference: start the maps from the generator's own (see driver)
     tile_latent: bool = False
     opt_name: str = "adam"
     learning_rate: float = 0.4
@@ -54,6 +55,8 @@ class PulseConfig:
         Degradation.parse(self.degradation)
         if self.noise_type not in NOISE_TYPES:
             raise PulseJaxError(f"unknown noise_type {self.noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
+        if not isinstance(self.stored_noise, bool):
+            raise PulseJaxError(f"stored_noise must be True or False, got {self.stored_noise!r}")
         if self.opt_name not in OPTIMIZERS:
             raise PulseJaxError(f"unknown opt_name {self.opt_name!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in SCHEDULES:
@@ -115,6 +118,8 @@ class PulseConfig:
         d = dataclasses.asdict(self)
         d["eps"] = self.effective_eps  # the number used (eps_reason says why): hashes as before eps was optional
         d["bad_noise_layers"] = None if self.bad_noise_layers is None else list(self.bad_noise_layers)
+        if not self.stored_noise:
+            del d["stored_noise"]  # so that a configuration of before the option hashes as it did
         return d
 
     def hash(self) -> str:

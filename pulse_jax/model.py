@@ -1,7 +1,8 @@
 """The model: config + parameters + gaussian fit, and its directory format.
 
 A model directory holds ``model.json`` (format version, architecture, config, checksum) and
-``params/`` (an orbax checkpoint of ``{"synthesis", "mapping"?, "gaussian_fit"?}``).
+``params/`` (an orbax checkpoint of ``{"synthesis", "mapping"?, "gaussian_fit"?, "noise"?, "w_avg"?}``:
+the last two what a generator's file kept beside its weights).
 It is written to a temporary sibling and renamed into place, so a crash never
 leaves a half-written model under the final name.
 """
@@ -28,7 +29,10 @@ from pulse_jax.safe_files import atomic_write_bytes, os_error, staging_dir
 
 FORMAT_NAME = "pulse-jax-model"
 # 2: model.json names the generator family ("architecture"); format 1 directories are StyleGAN v1.
-FORMAT_VERSION = 2
+# 3: "noise" and "w_avg" may be among the contents. A model without them is still written as format 2,
+# so that an older pulse-jax reads it; one with them says format 3, which an older one refuses by name.
+FORMAT_VERSION = 3
+FORMAT_VERSION_OF_EXTRAS = {"noise": 3, "w_avg": 3}
 ARCHITECTURE_BEFORE_VERSION_2 = StyleGANConfig.architecture
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
@@ -55,18 +59,32 @@ class Model:
     synthesis: NetworkParams
     mapping: NetworkParams | None = None
     gaussian_fit: tuple[jax.Array, jax.Array] | None = None
+    stored_noise: tuple[jax.Array, ...] | None = None  # the generator's own noise maps, (r, r) each
+    stored_w_avg: jax.Array | None = None  # a file's mean w where the mapping has none (StyleGAN v1's TF pickles)
     _prepared: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def from_arrays(cls, config, synthesis: dict, mapping: dict | None = None,
-                    gaussian_fit: tuple[np.ndarray, np.ndarray] | None = None) -> Model:
+                    gaussian_fit: tuple[np.ndarray, np.ndarray] | None = None, *,
+                    stored_noise: Sequence[np.ndarray] | None = None, stored_w_avg: np.ndarray | None = None) -> Model:
         """Bind nested dicts of arrays (our layout) to the architecture of ``config`` (e.g. a
         StyleGANConfig), checking every path and shape."""
         generator = generator_for(config)
         mapping_params = None if mapping is None else generator.bind("mapping", mapping)
         if gaussian_fit is not None:
             gaussian_fit = (jnp.asarray(gaussian_fit[0]), jnp.asarray(gaussian_fit[1]))
-        return cls(generator, generator.bind("synthesis", synthesis), mapping_params, gaussian_fit)
+        if stored_noise is not None:
+            shapes = generator.noise_shapes()
+            got = [tuple(np.shape(n)) for n in stored_noise]
+            if got != list(shapes):
+                raise CheckpointError(f"stored noise maps {got} do not match this generator's {list(shapes)}")
+            stored_noise = tuple(jnp.asarray(n, jnp.float32) for n in stored_noise)
+        if stored_w_avg is not None:
+            if tuple(np.shape(stored_w_avg)) != (generator.dlatent_size,):
+                raise CheckpointError(f"w_avg is {tuple(np.shape(stored_w_avg))}, expected ({generator.dlatent_size},)")
+            stored_w_avg = jnp.asarray(stored_w_avg, jnp.float32)
+        return cls(generator, generator.bind("synthesis", synthesis), mapping_params, gaussian_fit,
+                   stored_noise, stored_w_avg)
 
     @classmethod
     def random(cls, config, seed: int = 0, *, with_mapping: bool = True) -> Model:
@@ -75,7 +93,7 @@ class Model:
         return cls(generator, *generator.random_params(seed, with_mapping=with_mapping))
 
     def with_gaussian_fit(self, fit: tuple[np.ndarray, np.ndarray]) -> Model:
-        return Model(self.generator, self.synthesis, self.mapping, (jnp.asarray(fit[0]), jnp.asarray(fit[1])))
+        return dataclasses.replace(self, gaussian_fit=(jnp.asarray(fit[0]), jnp.asarray(fit[1])), _prepared={})
 
     @property
     def config(self):
@@ -129,12 +147,15 @@ class Model:
 
     @property
     def w_avg(self) -> jax.Array:
-        """(D,): the running mean of w the generator's file kept (StyleGAN2; the centre of truncation)."""
+        """(D,): the running mean of w the generator's file kept (the centre of truncation): StyleGAN2's
+        mapping network holds it; of StyleGAN v1 files, NVIDIA's pickle keeps it (dlatent_avg), PULSE's not."""
         tree = None if self.mapping is None else self.mapping.pure()
-        if not tree or "w_avg" not in tree:
-            raise PulseJaxError(f"this {self.generator.architecture} model has no w_avg (its mapping network "
-                                "is missing, or its files do not keep one)")
-        return jnp.asarray(tree["w_avg"])
+        if tree and "w_avg" in tree:
+            return jnp.asarray(tree["w_avg"])
+        if self.stored_w_avg is not None:
+            return self.stored_w_avg
+        raise PulseJaxError(f"this {self.generator.architecture} model has no w_avg (its mapping network "
+                            "is missing, or its files do not keep one: PULSE's do not, NVIDIA's pickle does)")
 
     def pure_params(self) -> dict:
         tree = {"synthesis": self.synthesis.pure()}
@@ -142,7 +163,16 @@ class Model:
             tree["mapping"] = self.mapping.pure()
         if self.gaussian_fit is not None:
             tree["gaussian_fit"] = {"mean": self.gaussian_fit[0], "std": self.gaussian_fit[1]}
+        if self.stored_noise is not None:
+            tree["noise"] = {noise_key(i): n for i, n in enumerate(self.stored_noise)}
+        if self.stored_w_avg is not None:
+            tree["w_avg"] = self.stored_w_avg
         return tree
+
+
+def noise_key(i: int) -> str:
+    """The name of noise map i in the params tree (zero-padded: the files list in order)."""
+    return f"{i:02d}"
 
 
 def params_checksum(tree) -> str:
@@ -193,7 +223,7 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
     tree = jax.tree_util.tree_map(np.asarray, model.pure_params())
     meta = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": max([2] + [FORMAT_VERSION_OF_EXTRAS[k] for k in tree if k in FORMAT_VERSION_OF_EXTRAS]),
         "architecture": model.generator.architecture,
         "config": model.config.to_dict(),
         "contents": sorted(tree),
@@ -309,6 +339,11 @@ def load_model(directory: str | os.PathLike) -> Model:
     if "gaussian_fit" in contents:
         shape = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
         expected["gaussian_fit"] = {"mean": shape, "std": shape}
+    if "noise" in contents:
+        expected["noise"] = {noise_key(i): jax.ShapeDtypeStruct(s, jnp.float32)
+                             for i, s in enumerate(generator.noise_shapes())}
+    if "w_avg" in contents:
+        expected["w_avg"] = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
     if "files" in meta:  # directories written before the manifest existed go straight to orbax
         check_manifest(directory, meta["files"])
     try:
@@ -333,8 +368,11 @@ def load_model(directory: str | os.PathLike) -> Model:
             "damaged or were changed; convert the checkpoints again"
         )
     fit = tree.get("gaussian_fit")
+    noise = tree.get("noise")
     model = Model.from_arrays(generator.config, tree["synthesis"], tree.get("mapping"),
-                              None if fit is None else (fit["mean"], fit["std"]))
+                              None if fit is None else (fit["mean"], fit["std"]),
+                              stored_noise=None if noise is None else [noise[k] for k in sorted(noise)],
+                              stored_w_avg=tree.get("w_avg"))
     model.__dict__["checksum"] = meta["checksum"]  # just verified: the cached_property need not hash again
     return model
 

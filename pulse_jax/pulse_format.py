@@ -128,6 +128,12 @@ def to_ours(key: str, value: np.ndarray) -> np.ndarray:
 def synthesis_params(state: Mapping[str, np.ndarray], what: str = "synthesis checkpoint"):
     """PULSE synthesis state dict -> (config, nested params dict in our layout)."""
     config = infer_synthesis_config({k: tuple(v.shape) for k, v in state.items()}, what)
+    return config, synthesis_tree(state, what)
+
+
+def synthesis_tree(state: Mapping[str, np.ndarray], what: str = "synthesis checkpoint") -> dict:
+    """PULSE synthesis state dict (its keys already checked) -> nested params in our layout; the fixed
+    blur kernels are checked, not kept."""
     params: dict = {}
     for key, value in state.items():
         path = synthesis_path(key)
@@ -139,7 +145,7 @@ def synthesis_params(state: Mapping[str, np.ndarray], what: str = "synthesis che
                 )
             continue
         _nested_set(params, path, to_ours(key, value))
-    return config, params
+    return params
 
 
 def mapping_params(state: Mapping[str, np.ndarray], dlatent_size: int, what: str = "mapping checkpoint"):

@@ -40,10 +40,15 @@ _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
 EasyDict.__module__ = "dnnlib.util"
 
 
+PERSISTENCE_MODULES = {"torch_utils": {}, "torch_utils.persistence": {"_reconstruct_persistent_obj":
+                                                                     _reconstruct_persistent_obj},
+                       "dnnlib": {}, "dnnlib.util": {"EasyDict": EasyDict}}
+
+
 @contextlib.contextmanager
-def stand_in_modules():
-    names = {"torch_utils": {}, "torch_utils.persistence": {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
-             "dnnlib": {}, "dnnlib.util": {"EasyDict": EasyDict}}
+def stand_in_modules(names=None):
+    """Modules of these names (default: NVIDIA's persistence ones) with these attributes, for the while."""
+    names = PERSISTENCE_MODULES if names is None else names
     saved = {n: sys.modules.get(n) for n in names}
     for n, attrs in names.items():
         m = types.ModuleType(n)

@@ -82,9 +82,11 @@ def test_nvidia_pickle_converts_to_the_reference(small_sd, small_model_dir):
 
 def test_rosinality_checkpoint_gives_the_same_generator(small_sd, tmp_path):
     path = files.write_rosinality(tmp_path / "550000.pt", small_sd, 64)
-    config, synthesis, mapping, source = read_network(str(path))
-    assert source["kind"] == "rosinality-checkpoint" and config == pj.StyleGAN2Config(**{**SMALL, "conv_clamp": None})
-    model = pj.Model.from_arrays(config, synthesis, mapping)
+    read = read_network(str(path))
+    config = read.config
+    assert read.source["kind"] == "rosinality-checkpoint"
+    assert config == pj.StyleGAN2Config(**{**SMALL, "conv_clamp": None})
+    model = pj.Model.from_arrays(config, read.synthesis, read.mapping)
     ws, noise = inputs(config)
     with torch.no_grad():
         want = ref.synthesis(small_sd, ws, noise, None).permute(0, 2, 3, 1).numpy()
@@ -97,7 +99,8 @@ def test_1024_config_f_layout(tmp_path):
     sd = ref.random_generator_state_dict(1024, 32768, 512, seed=5)
     path = files.write_nvidia_pickle(tmp_path / "stylegan2-ffhq-1024x1024.pkl",
                                      files.nvidia_generator(sd, 1024, 32768, 512, 256.0))
-    config, synthesis, mapping, _ = read_network(str(path))
+    read = read_network(str(path))
+    config, synthesis, mapping = read.config, read.synthesis, read.mapping
     assert config == pj.StyleGAN2Config(conv_clamp=256.0)
     assert config.num_ws == 18 and len(config.noise_shapes()) == 17
     model = pj.Model.from_arrays(config, synthesis, mapping)

@@ -72,6 +72,15 @@ def check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, l
             raise PulseJaxError(f"init.noise[{i}] must be {(n, seeds, *s)}, got {tuple(np.shape(x))}")
 
 
+def stored_noise_of(model: Model) -> tuple:
+    """The maps ``stored_noise`` starts from: the generator's own, which only some files keep."""
+    if model.stored_noise is None:
+        raise PulseJaxError("stored_noise: this model keeps no noise maps of its own (PULSE's synthesis.pt has "
+                            "none; NVIDIA's pickles and rosinality's checkpoints do: convert one of those with "
+                            "--network), or leave stored_noise off for N(0, 1) maps")
+    return model.stored_noise
+
+
 def _checked_masks(config: PulseConfig, degradation, masks, lr_images):
     if not degradation.mask:
         return None
@@ -98,7 +107,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
       seeds: S, results per image.
       key: one key (folded per image) or one per image; seed s of image n gets the same start whatever
         runs beside it.
-      init: start values instead of random ones (SearchInit).
+      init: start values instead of random ones (SearchInit); without it, ``config.stored_noise`` starts
+        the noise maps from the model's own (Model.stored_noise) and draws only the latents.
       on_chunk: ``on_chunk(steps_done, state)`` between chunks of ``options.chunk_steps`` steps, for
         progress and intermediates; the state's arrays are (N, S, ...).
       seed_offset: the first seed's index, so that seeds split over several calls get the keys they would
@@ -123,6 +133,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     if init is not None:
         latent = jnp.asarray(init.latent, jnp.float32)
         noise = [jnp.asarray(x, jnp.float32) for x in init.noise]
+    elif config.stored_noise:
+        noise = [jnp.broadcast_to(n, (lr_images.shape[0], seeds, *n.shape)) for n in stored_noise_of(model)]
     placement = choose_placement(lr_images.shape[0], seeds, options.shard, options.devices)
     gen_params, fit = model.search_params(transposed_conv=options.transposed_conv), model.gaussian_fit
     if placement is not None:
