@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import jax
-import pytest
-import torch
+# XLA's persistent compilation cache, for this test session only (a fresh folder each session, removed at
+# the end): the suite compiles the same programs in many processes (every command it runs, the sharding
+# and multi-process tests), and compiling is most of their time on a 2-core CPU. Set in the environment
+# so that the subprocesses share it; the same executables, so the same numbers.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pulse-jax-tests-xla-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402 - after the cache settings above, which jax reads when imported
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -128,3 +139,8 @@ def tiny_model_dir(tiny, tmp_path_factory):
     import pulse_jax as pj
 
     return pj.save_model(tiny, tmp_path_factory.mktemp("models") / "tiny")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -96,14 +97,16 @@ class Generator(abc.ABC):
 
     def random_params(self, seed: int = 0, *, with_mapping: bool = True) -> tuple[NetworkParams, NetworkParams | None]:
         """(synthesis, mapping or None) with every parameter random, for demos and tests."""
-        synthesis = _random_network(self.synthesis_module, seed)
-        mapping = _random_network(self.mapping_module, seed + 1) if with_mapping else None
+        synthesis = _random_network(self, "synthesis", seed)
+        mapping = _random_network(self, "mapping", seed + 1) if with_mapping else None
         return synthesis, mapping
+
+    def _module_maker(self, network: str) -> Callable[[nnx.Rngs], nnx.Module]:
+        return {"synthesis": self.synthesis_module, "mapping": self.mapping_module}[network]
 
     def abstract_params(self, network: str) -> NetworkParams:
         """The "synthesis" or "mapping" network's graph and parameter shapes, nothing computed."""
-        make = {"synthesis": self.synthesis_module, "mapping": self.mapping_module}[network]
-        return NetworkParams(*_split_abstract(make))
+        return NetworkParams(*_split_abstract(self._module_maker(network)))
 
     def bind(self, network: str, arrays: dict) -> NetworkParams:
         """Nested dicts of arrays (our layout) -> that network's params, checking every path and shape."""
@@ -131,12 +134,19 @@ class Generator(abc.ABC):
         return NetworkParams.of(module)
 
 
-def _random_network(make: Callable[[nnx.Rngs], nnx.Module], seed: int) -> NetworkParams:
+def _random_network(generator: Generator, network: str, seed: int) -> NetworkParams:
     """The module's random init as ONE compiled program: run op by op, every parameter's draw was its own
     compile (~10 s for a 32 px generator on a 2-core CPU, paid by every demo and test process)."""
-    graphdef, _ = _split_abstract(make)
-    state = jax.jit(lambda: nnx.split(make(nnx.Rngs(seed)))[1])()
-    return NetworkParams(graphdef, state)
+    graphdef, _ = _split_abstract(generator._module_maker(network))
+    return NetworkParams(graphdef, _init_program(generator, network)(jax.random.key(seed)))
+
+
+@functools.cache
+def _init_program(generator: Generator, network: str):
+    """One compile per architecture and network, the seed an argument: the same bits as nnx.Rngs(seed),
+    and a second random model of a config costs milliseconds, not the ~5-10 s compile again."""
+    make = generator._module_maker(network)
+    return jax.jit(lambda key: nnx.split(make(nnx.Rngs(key)))[1])
 
 
 def _split_abstract(make: Callable[[nnx.Rngs], nnx.Module]):
