@@ -121,11 +121,12 @@ def test_variants_follow_reference(small, kwargs):
 
 def test_1024_search_follows_reference(gaussian_fit, gaussian_fit_file, tmp_path):
     """The real layout: 18 layers, bad layer 17, 32x32 input (factor 32), against the torch loop in
-    float64, the exact answer. Step 0 is one forward pass: float32 rounding only (measured 8e-8). The
-    first update is chaotic (see test_short_run_follows_reference): with these random weights the float32
-    gradients carry up to 1e-2 of their std of rounding, in either implementation. Measured after one
-    update: ours 2e-6 from float64, the torch loop in float32 2.2e-4 from its own float64 run. So 1e-3:
-    room for any float32 implementation's rounding; a layer out of place misses by tenths."""
+    float32 (float64 took twice as long at 1024 px; the small tests compare against float64). Step 0 is
+    one forward pass: float32 rounding only (measured 8e-8 against float64). The first update is chaotic
+    (see test_short_run_follows_reference): with these random weights the float32 gradients carry up to
+    1e-2 of their std of rounding, in either implementation. Measured after one update against the
+    float64 run: ours 2e-6, the torch loop in float32 2.2e-4. So 1e-3 between the two float32 runs: room
+    for both implementations' rounding; a layer out of place misses by tenths."""
     from reference import stylegan_torch as ref
 
     from convert.pulse import convert
@@ -138,9 +139,9 @@ def test_1024_search_follows_reference(gaussian_fit, gaussian_fit_file, tmp_path
     lr = np.random.default_rng(8).random((1, 32, 32, 3), dtype=np.float32)
     config = pj.PulseConfig(steps=2)
     result, loss, _, _ = run_both(model, sd, (fit["mean"], fit["std"]), config, lr, random_init(model, 1, 1, 18, 9),
-                                  torch_dtype=torch.float64)
+                                  torch_dtype=torch.float32)
     error = rel(result.loss_history[:, 0, 0], loss[:, 0])
-    assert error[0] < 1e-6 and error[1] < 1e-3, error
+    assert error[0] < 1e-5 and error[1] < 1e-3, error
     assert result.images.shape == (1, 1, 1024, 1024, 3)
     assert np.all(result.noise[17] == 0)
 

@@ -240,14 +240,14 @@ def test_stored_noise_starts_the_search_from_the_generators_maps(micro):
     model = pj.Model.from_arrays(micro.config, micro.synthesis.pure(), None,
                                  tuple(np.asarray(a) for a in micro.gaussian_fit), stored_noise=maps)
     lr = np.random.default_rng(3).random((1, 8, 8, 3), dtype=np.float32)
-    config = pj.PulseConfig(steps=2, noise_type="fixed", stored_noise=True)
+    config = pj.PulseConfig(steps=1, noise_type="fixed", stored_noise=True)
     result = pj.search(model, lr, config, seeds=2)
     last = len(maps) - 1
     for i, m in enumerate(maps):
         want = np.zeros_like(m) if i == last else m
         for s in range(2):
             np.testing.assert_array_equal(result.noise[i][0, s], want)
-    assert config.hash() != pj.PulseConfig(steps=2, noise_type="fixed").hash()
+    assert config.hash() != pj.PulseConfig(steps=1, noise_type="fixed").hash()
     with pytest.raises(PulseJaxError, match="keeps no noise maps"):
         pj.search(micro, lr, config)
 
