@@ -118,7 +118,7 @@ def test_demo_runs_without_weights(tmp_path):
     assert all(d > 0 for d in report["rms_difference_from_truth"])
 
 
-def test_align_then_upsample_a_real_photo(small_model_dir, tmp_path):
+def test_align_then_upsample_a_real_photo(micro_model_dir, tmp_path):
     from skimage import data
 
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
@@ -126,7 +126,7 @@ def test_align_then_upsample_a_real_photo(small_model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert np.asarray(Image.open(tmp_path / "faces" / "astronaut_0.png")).shape == (32, 32, 3)
     out = tmp_path / "run"
-    r = pulse_jax("upsample", tmp_path / "astronaut.png", "--align", "--model", small_model_dir, "--out", out,
+    r = pulse_jax("upsample", tmp_path / "astronaut.png", "--align", "--model", micro_model_dir, "--out", out,
                   "--steps", "2", "--quiet")
     assert r.returncode == 0, r.stderr
     assert (out / "aligned" / "astronaut_0.png").is_file() and (out / "astronaut_0.png").is_file()
