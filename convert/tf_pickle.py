@@ -25,8 +25,8 @@ VERSIONS = {3: "StyleGAN", 4: "StyleGAN2"}  # Network state "version" -> the fam
 class TFNetwork:
     """A ``dnnlib.tflib.network.Network`` as data: its pickled state, checked; nothing of it runs."""
 
-    state: dict
-    build_module_src_sha256: str
+    state: dict | None = None  # stays None if the pickle never gives the object its state
+    build_module_src_sha256: str = ""
 
     def __setstate__(self, state):
         if not isinstance(state, dict):
@@ -43,14 +43,14 @@ class TFNetwork:
 
     @property
     def name(self) -> str:
-        return str(self.state.get("name", "?"))
+        return str((self.state or {}).get("name", "?"))
 
     @property
     def version(self):
-        return self.state.get("version")
+        return (self.state or {}).get("version")
 
     def _dict(self, key: str) -> dict:
-        value = self.state.get(key) or {}
+        value = (self.state or {}).get(key) or {}
         if not isinstance(value, dict):
             raise CheckpointError(f"network {self.name}: {key} is a {type(value).__name__}, not a dict")
         return dict(value)
@@ -65,7 +65,7 @@ class TFNetwork:
 
     def variables(self) -> dict[str, np.ndarray]:
         """Its own variables, ``{name: float32 array}`` (names relative to the network, as TF keeps them)."""
-        pairs = self.state.get("variables")
+        pairs = (self.state or {}).get("variables")
         if not isinstance(pairs, (list, tuple)):
             raise CheckpointError(f"network {self.name}: no list of variables")
         out = {}

@@ -26,6 +26,7 @@ from pulse_jax.errors import CheckpointError, PulseJaxError
 from pulse_jax.generators import Generator, NetworkParams, generator_for, generator_from_dict
 from pulse_jax.generators.stylegan1 import StyleGANConfig
 from pulse_jax.safe_files import atomic_write_bytes, os_error, staging_dir
+from pulse_jax.tree_check import check_finite
 
 FORMAT_NAME = "pulse-jax-model"
 # 2: model.json names the generator family ("architecture"); format 1 directories are StyleGAN v1.
@@ -83,6 +84,8 @@ class Model:
             if tuple(np.shape(stored_w_avg)) != (generator.dlatent_size,):
                 raise CheckpointError(f"w_avg is {tuple(np.shape(stored_w_avg))}, expected ({generator.dlatent_size},)")
             stored_w_avg = jnp.asarray(stored_w_avg, jnp.float32)
+        check_finite({"noise": stored_noise or (), "w_avg": () if stored_w_avg is None else stored_w_avg},
+                     "stored arrays")
         return cls(generator, generator.bind("synthesis", synthesis), mapping_params, gaussian_fit,
                    stored_noise, stored_w_avg)
 

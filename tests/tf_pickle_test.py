@@ -264,4 +264,13 @@ def test_model_with_stored_noise_and_w_avg_round_trips(micro, tmp_path):
     assert loaded.checksum == model.checksum
     with pytest.raises(CheckpointError, match="stored noise maps"):
         pj.Model.from_arrays(micro.config, micro.synthesis.pure(), stored_noise=maps[:-1])
+    maps[3][0, 0] = np.nan
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 1 arrays: noise/\[3\]"):
+        pj.Model.from_arrays(micro.config, micro.synthesis.pure(), stored_noise=maps)
 
+
+def test_a_network_without_its_state_is_named(tmp_path):
+    # PROTO 3, GLOBAL Network, EMPTY_TUPLE, NEWOBJ, STOP: the object made, no BUILD giving it a state.
+    (tmp_path / "bare.pkl").write_bytes(b"\x80\x03cdnnlib.tflib.network\nNetwork\n)\x81.")
+    with pytest.raises(CheckpointError, match="state version None"):
+        read_network(str(tmp_path / "bare.pkl"))
