@@ -106,6 +106,21 @@ def _conditional_or_not_rgb(kwargs: dict, what: str) -> None:
         raise CheckpointError(f"{what}: a generator of {channels}-channel images; only RGB (3) is supported")
 
 
+def checked_settings(g: TFGenerator, supported: dict, family: str, what: str) -> tuple[dict, int]:
+    """(static_kwargs, w's size) after the checks both families share."""
+    kwargs = g.static_kwargs()
+    _conditional_or_not_rgb(kwargs, what)
+    check_settings(kwargs, supported, family, what)
+    return kwargs, mapping_width(kwargs, what)
+
+
+def architecture(config_class, what: str, **settings):
+    try:
+        return config_class(**settings)
+    except ValueError as e:
+        raise CheckpointError(f"{what}: unsupported architecture ({e})") from None
+
+
 def mapping_width(kwargs: dict, what: str) -> int:
     """w's size; z and the mapping's hidden layers must have it too (both families build them so)."""
     d = int(_setting(kwargs, "dlatent_size", 512))
@@ -168,16 +183,10 @@ def _drop_lower_lods(found: dict[str, np.ndarray], config: StyleGANConfig) -> No
 
 
 def stylegan1_from_tf(g: TFGenerator, what: str) -> Converted:
-    kwargs = g.static_kwargs()
-    _conditional_or_not_rgb(kwargs, what)
-    check_settings(kwargs, V1_SUPPORTED, "StyleGAN", what)
-    d = mapping_width(kwargs, what)
-    try:
-        config = StyleGANConfig(resolution=int(_setting(kwargs, "resolution", 1024)),
-                                fmap_base=int(_setting(kwargs, "fmap_base", 8192)),
-                                fmap_max=int(_setting(kwargs, "fmap_max", 512)), dlatent_size=d)
-    except ValueError as e:
-        raise CheckpointError(f"{what}: unsupported architecture ({e})") from None
+    kwargs, d = checked_settings(g, V1_SUPPORTED, "StyleGAN", what)
+    config = architecture(StyleGANConfig, what, resolution=int(_setting(kwargs, "resolution", 1024)),
+                          fmap_base=int(_setting(kwargs, "fmap_base", 8192)),
+                          fmap_max=int(_setting(kwargs, "fmap_max", 512)), dlatent_size=d)
     found = variables(g, V1_SYNTHESIS, V1_MAPPING)
     _take_lod(found, V1_SYNTHESIS + "lod", what)
     _drop_lower_lods(found, config)
@@ -231,24 +240,18 @@ def stylegan2_table(config: StyleGAN2Config) -> dict[str, Entry]:
 
 
 def stylegan2_from_tf(g: TFGenerator, what: str) -> Converted:
-    kwargs = g.static_kwargs()
-    _conditional_or_not_rgb(kwargs, what)
     found = variables(g, V2_SYNTHESIS, V2_MAPPING)
-    if any(re.match(V2_SYNTHESIS + r"ToRGB_lod\d+/", n) for n in found) or _setting(kwargs, "architecture",
-                                                                                   "skip") == "orig":
+    if any(re.match(V2_SYNTHESIS + r"ToRGB_lod\d+/", n) for n in found) or _setting(
+            g.static_kwargs(), "architecture", "skip") == "orig":
         raise CheckpointError(f"{what}: an 'orig' StyleGAN2 generator (ToRGB_lod layers: configs a-d of the "
                               "StyleGAN2 paper): not supported; pulse-jax reads the 'skip' generator (config-e, "
                               "config-f: every file on NVIDIA's StyleGAN2 page)")
-    check_settings(kwargs, V2_SUPPORTED, "StyleGAN2", what)
-    d = mapping_width(kwargs, what)
-    try:
-        config = StyleGAN2Config(resolution=int(_setting(kwargs, "resolution", 1024)),
-                                 channel_base=2 * int(_setting(kwargs, "fmap_base", 16384)),
-                                 channel_max=int(_setting(kwargs, "fmap_max", 512)), dlatent_size=d,
-                                 mapping_layers=int(_setting(kwargs, "mapping_layers", 8)),
-                                 mapping_lr_multiplier=float(_setting(kwargs, "mapping_lrmul", 0.01)))
-    except ValueError as e:
-        raise CheckpointError(f"{what}: unsupported architecture ({e})") from None
+    kwargs, d = checked_settings(g, V2_SUPPORTED, "StyleGAN2", what)
+    config = architecture(StyleGAN2Config, what, resolution=int(_setting(kwargs, "resolution", 1024)),
+                          channel_base=2 * int(_setting(kwargs, "fmap_base", 16384)),
+                          channel_max=int(_setting(kwargs, "fmap_max", 512)), dlatent_size=d,
+                          mapping_layers=int(_setting(kwargs, "mapping_layers", 8)),
+                          mapping_lr_multiplier=float(_setting(kwargs, "mapping_lrmul", 0.01)))
     fmap_min = int(_setting(kwargs, "fmap_min", 1))
     if any(config.channels(r) < fmap_min for r in config.block_resolutions()):
         raise CheckpointError(f"{what}: fmap_min {fmap_min} raises some blocks' channels: not supported")
