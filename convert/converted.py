@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
-
-from pulse_jax.generators.stylegan1 import StyleGANConfig
-from pulse_jax.generators.stylegan2 import StyleGAN2Config
 
 
 @dataclasses.dataclass(frozen=True)
 class Converted:
-    config: StyleGANConfig | StyleGAN2Config
+    config: Any                      # the architecture config of a registered family (generators.registry)
     synthesis: dict
     mapping: dict
     noise: list[np.ndarray] | None   # the generator's own noise maps, (r, r) each, in our order

@@ -21,6 +21,7 @@ from convert.tf_stylegan import convert_tf_generator
 from convert.torch_io import load_state_dict
 from pulse_jax import pulse_format
 from pulse_jax.errors import CheckpointError, PulseJaxError
+from pulse_jax.generators import registry
 from pulse_jax.model import Model, compute_gaussian_fit, save_model
 from pulse_jax.progress import Progress
 
@@ -77,8 +78,8 @@ def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
     if not isinstance(synthesis, Persistent) or not isinstance(mapping, Persistent):
         raise CheckpointError(f"{what}: the generator has no synthesis and mapping networks")
     if "input" in synthesis.modules() or any(name.startswith("L") and "_" in name for name in synthesis.modules()):
-        raise CheckpointError(f"{what}: a StyleGAN3 generator (its synthesis starts from Fourier features): "
-                              "not supported; pulse-jax reads StyleGAN2 (stylegan2-ada-pytorch) pickles")
+        raise CheckpointError(f"{what}: a StyleGAN3 generator (its synthesis starts from Fourier features): not "
+                              f"supported; this pulse-jax reads {registry.known_files()}")
     c_dim = int(kwargs.get("c_dim", g.state.get("c_dim", 0)) or 0)
     if c_dim > 0:
         raise CheckpointError(f"{what}: a conditional generator (c_dim {c_dim}: it needs a class label); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,35 @@ def concat_results(parts: Sequence[SearchResult], axis: str) -> SearchResult:
     return SearchResult(**merged)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SearchRequest:
+    """One batch's search: what ``search()`` takes, and its halves when the device runs out of memory."""
+
+    model: Model
+    config: PulseConfig
+    options: RunOptions
+    seeds: int
+    lr_images: np.ndarray   # (N, h, h, 3)
+    keys: Any               # (N,) random keys, one per image
+    masks: np.ndarray | None = None
+    seed_offset: int = 0    # the first seed's index: seeds split over searches keep their keys
+
+    @property
+    def num_images(self) -> int:
+        return self.lr_images.shape[0]
+
+    def image_range(self, a: int, b: int) -> SearchRequest:
+        return dataclasses.replace(self, lr_images=self.lr_images[a:b], keys=self.keys[a:b],
+                                   masks=None if self.masks is None else self.masks[a:b])
+
+    def seed_range(self, a: int, b: int) -> SearchRequest:
+        return dataclasses.replace(self, seeds=b - a, seed_offset=self.seed_offset + a)
+
+    def run(self, on_chunk=None) -> SearchResult:
+        return search(self.model, self.lr_images, self.config, self.options, seeds=self.seeds, key=self.keys,
+                      on_chunk=on_chunk, seed_offset=self.seed_offset, masks=self.masks)
+
+
 @dataclasses.dataclass
 class MemoryLimit:
     """The fewest examples (images x seeds) seen not to fit the device in this run. Later batches that
@@ -73,21 +103,17 @@ class MemoryLimit:
         self.too_big = examples if self.too_big is None else min(self.too_big, examples)
 
 
-def search_fitting(model: Model, lr, config: PulseConfig, options: RunOptions, seeds: int, keys, *,
-                   on_chunk, log: Callable[[str], None], seed_offset: int = 0, masks=None,
+def search_fitting(request: SearchRequest, *, on_chunk, log: Callable[[str], None],
                    limit: MemoryLimit | None = None) -> SearchResult:
-    """search(), and when the device runs out of memory, the same work in halves (images, then seeds).
-
-    Seeds keep their keys when split (seed_offset), so the results are those of one big run. ``limit``
-    carries what did not fit from one call to the next.
-    """
+    """The request's search, and when the device runs out of memory, the same work in halves (images,
+    then seeds). Seeds keep their keys when split, so the results are those of one big run. ``limit``
+    carries what did not fit from one call to the next."""
     limit = limit if limit is not None else MemoryLimit()
-    n = lr.shape[0]
+    n, seeds = request.num_images, request.seeds
     tried = limit.fits(n * seeds)  # else split at once, silently: the first failure was said
     if tried:
         try:
-            return search(model, lr, config, options, seeds=seeds, key=keys, on_chunk=on_chunk,
-                          seed_offset=seed_offset, masks=masks)
+            return request.run(on_chunk)
         except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; everything else re-raised
             if not is_out_of_memory(e):
                 raise
@@ -98,19 +124,15 @@ def search_fitting(model: Model, lr, config: PulseConfig, options: RunOptions, s
         if tried:
             log(f"out of device memory with {n} images x {seeds} seeds; retrying in halves of images{later}")
         h = n // 2
-        parts = [search_fitting(model, lr[a:b], config, options, seeds, keys[a:b], seed_offset=seed_offset,
-                                masks=None if masks is None else masks[a:b], **again)
-                 for a, b in ((0, h), (h, n))]
-        return concat_results(parts, "images")
+        return concat_results([search_fitting(request.image_range(a, b), **again) for a, b in ((0, h), (h, n))],
+                              "images")
     if seeds > 1:
         if tried:
             log(f"out of device memory with 1 image x {seeds} seeds; retrying in halves of seeds{later}")
         h = seeds // 2
-        parts = [search_fitting(model, lr, config, options, b - a, keys, seed_offset=seed_offset + a, masks=masks,
-                                **again)
-                 for a, b in ((0, h), (h, seeds))]
-        return concat_results(parts, "seeds")
+        return concat_results([search_fitting(request.seed_range(a, b), **again) for a, b in ((0, h), (h, seeds))],
+                              "seeds")
     raise PulseJaxError(
-        f"out of device memory searching one image with one seed at {model.generator.resolution}px: the "
+        f"out of device memory searching one image with one seed at {request.model.generator.resolution}px: the "
         "largest batch that fits is none; free the device (another process may hold its memory) or use one "
         "with more memory") from None

@@ -10,35 +10,16 @@ import signal
 import sys
 import threading
 import traceback
+import typing
 from pathlib import Path
 
-from pulse_jax.config import PRECISIONS, STEP_LOOPS, TRANSPOSED_CONVS, PulseConfig, RunOptions, parse_layers
+from pulse_jax.config import PulseConfig, RunOptions, degradation_flag
+from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.fields import help_of, is_flag
+from pulse_jax.generators import registry
 from pulse_jax.host_memory import relaunch_with_huge_pages
-
-_HELP = {
-    "loss_str": "loss as a sum of WEIGHT*NAME terms (L2, L1, GEOCROSS)",
-    "eps": "success threshold on the downscaling MSE; the L2/L1 terms are clamped at it (default: PULSE's 2e-3; "
-           "with noise:SIGMA, SIGMA^2, what a perfect image scores against the noisy input)",
-    "noise_type": "zero, fixed or trainable noise maps",
-    "num_trainable_noise_layers": "with trainable noise: optimise the maps of layers below this",
-    "bad_noise_layers": "layers whose noise is zero, e.g. '17' or '16.17' (default: the last layer)",
-    "stored_noise": "start the noise maps from the generator's own (kept by NVIDIA's pickles and rosinality's "
-                    "checkpoints; NVIDIA's randomize_noise=False) instead of N(0, 1) draws: with --noise-type "
-                    "fixed they stay so, with trainable the first maps are optimised from there; bad layers "
-                    "stay zero",
-    "tile_latent": "search one latent vector for all layers",
-    "opt_name": "adam, sgd, sgdm or adamax",
-    "learning_rate": "base learning rate",
-    "steps": "optimisation steps",
-    "lr_schedule": "fixed, linear1cycle or linear1cycledrop",
-    "degradation": "how the output must match the input, terms joined by '+': kernel:FILE (a blur kernel, .npy or "
-                   "grayscale image), then bicubic (PULSE's), box or gaussian[:SIGMA] downscaling, then "
-                   "bayer[:RGGB|BGGR|GRBG|GBRG] (the input is a colour-filter mosaic) or gray (luma only; automatic "
-                   "for grayscale inputs), +mask (with --mask), +noise:SIGMA (the input is noisy; sets eps). "
-                   "Examples below",
-}
-
+from pulse_jax.job import OutputOptions
 
 PROBLEMS = """problems and their flags (an input at the model's resolution is factor 1: no downscaling):
   super-resolution        (default: bicubic)          pulse-jax upsample faces/ --model M --out runs/
@@ -75,58 +56,128 @@ def seed_int(text: str) -> int:
     return value
 
 
-def layers_arg(text: str):
+TRI_STATE = {"auto": None, "on": True, "off": False}
+
+
+def tri_state(text: str) -> bool | None:
+    """argparse type of a ``bool | None`` field: auto (None), on, off."""
+    if text not in TRI_STATE:
+        raise argparse.ArgumentTypeError(f"choose auto, on or off, got {text!r}")
+    return TRI_STATE[text]
+
+
+def whole_number(text: str) -> int:
     try:
-        return parse_layers(text)
-    except PulseJaxError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
-def add_search_options(p: argparse.ArgumentParser) -> None:
-    """One flag per PulseConfig field, same defaults; the reference's spellings (-loss_str) work too."""
-    for f in dataclasses.fields(PulseConfig):
-        names = [f"--{f.name.replace('_', '-')}", f"--{f.name}", f"-{f.name}"]
-        help_text = _HELP[f.name] if f.name == "eps" else f"{_HELP[f.name]} (default: {f.default})"
-        if f.type in (bool, "bool"):
-            p.add_argument(*names, dest=f.name, action="store_true", help=help_text)
-        elif f.name == "bad_noise_layers":
-            p.add_argument(*names, dest=f.name, type=layers_arg, default=None, help=help_text)
-        else:
-            kinds = {"int": int, "float": float, "float | None": float}
-            kind = kinds.get(f.type, str) if isinstance(f.type, str) else f.type
-            p.add_argument(*names, dest=f.name, type=kind, default=f.default, help=help_text)
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _flag_kind(cls: type, field: dataclasses.Field) -> dict:
+    """argparse keywords for one field, from its type (and its parser or choices, if it names them)."""
+    kind = typing.get_type_hints(cls)[field.name]
+    if field.metadata.get("parse") is not None:
+        return {"type": field.metadata["parse"]}
+    if kind is bool:
+        return {"action": "store_true"}
+    if kind == bool | None:
+        return {"type": tri_state, "metavar": "{auto,on,off}"}
+    args = [a for a in typing.get_args(kind) if a is not type(None)] if typing.get_args(kind) else [kind]
+    if len(args) == 1 and args[0] in (int, float, str):
+        choices = field.metadata.get("choices")
+        return {"type": {int: whole_number, float: number, str: str}[args[0]],
+                **({"choices": choices} if choices else {})}
+    raise TypeError(f"{cls.__name__}.{field.name}: a flag cannot read {kind}; give the field a parse= function "
+                    "(pulse_jax.fields.option) or cli=False")
+
+
+def flag_help(field: dataclasses.Field) -> str:
+    text = help_of(field)
+    shown = str(field.default) if field.default not in (None, False, dataclasses.MISSING) else ""
+    return f"{text} (default: {shown})" if shown and "default" not in text.lower() else text
+
+
+def add_fields(group, cls: type, *, reference_spellings: bool = False, dest_prefix: str = "",
+               only_given: bool = False) -> list[str]:
+    """One flag per field of the dataclass ``cls`` (those that are flags), from its type, help and
+    metadata; -> their dests. ``reference_spellings``: also --loss_str and -loss_str, as the reference
+    spells them. ``only_given``: a flag that is not given leaves no attribute (its field keeps its own
+    default)."""
+    dests = []
+    for f in dataclasses.fields(cls):
+        if not is_flag(f):
+            continue
+        names = [f"--{f.name.replace('_', '-')}"]
+        if reference_spellings:
+            names += [f"--{f.name}", f"-{f.name}"]
+        names = list(dict.fromkeys(names + list(f.metadata.get("aliases", ()))))
+        kw = _flag_kind(cls, f)
+        if f.metadata.get("metavar"):
+            kw["metavar"] = f.metadata["metavar"]
+        default = argparse.SUPPRESS if only_given else (None if f.default is dataclasses.MISSING else f.default)
+        group.add_argument(*names, dest=dest_prefix + f.name, default=default, help=flag_help(f), **kw)
+        dests.append(dest_prefix + f.name)
+    return dests
 
 
 def config_from_args(args: argparse.Namespace) -> PulseConfig:
     return PulseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PulseConfig)})
 
 
+FAMILY_DEST = "generator."  # the dests of the families' own options
+
+
+def add_generator_options(parser: argparse.ArgumentParser) -> None:
+    """The families' SearchOptions as flags: a field several families share is one flag."""
+    seen: dict[str, list[str]] = {}
+    for family in registry.families():
+        for f in dataclasses.fields(family.generator.SearchOptions):
+            seen.setdefault(f.name, []).append(family.title)
+    group = parser.add_argument_group("the generator's form in the search (by family: " + "; ".join(
+        f"--{name.replace('_', '-')}: {', '.join(titles)}" for name, titles in seen.items()) + ")")
+    added: set[str] = set()
+    for family in registry.families():
+        options = family.generator.SearchOptions
+        fresh = [f for f in dataclasses.fields(options) if f.name not in added]
+        if fresh:
+            subset = dataclasses.make_dataclass(options.__name__, [(f.name, typing.get_type_hints(options)[f.name], f)
+                                                                   for f in fresh], frozen=True)
+            add_fields(group, subset, dest_prefix=FAMILY_DEST, only_given=True)
+            added.update(f.name for f in fresh)
+
+
+def generator_options_from_args(args: argparse.Namespace, generator):
+    """The family's SearchOptions from the flags given (None when none are); a flag of another family
+    is refused by name."""
+    given = {k[len(FAMILY_DEST):]: v for k, v in vars(args).items() if k.startswith(FAMILY_DEST)}
+    if not given:
+        return None
+    fields = {f.name for f in dataclasses.fields(generator.SearchOptions)}
+    wrong = sorted(set(given) - fields)
+    if wrong:
+        title = registry.family(generator.architecture).title
+        raise PulseJaxError(f"--{wrong[0].replace('_', '-')} does not apply to this model ({title}); leave it out")
+    return generator.SearchOptions(**given)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per RunOptions field (how the search runs; recorded in the report as run_options)."""
     g = p.add_argument_group("how the search runs (RunOptions)")
-    g.add_argument("--precision", choices=PRECISIONS,
-                   help="generator matmul/conv precision: highest (strict float32), default (TF32 on GPUs, as "
-                        "PyTorch's convolutions and so PULSE run there: ~3x faster on an H200), bfloat16 (bf16 "
-                        "operands, float32 accumulation; cost in benchmarks/RESULTS.md). Default: default on a "
-                        "GPU, highest elsewhere; the report says which ran")
-    g.add_argument("--remat", action="store_true",
-                   help="recompute each generator block in the backward pass: less memory per seed (more "
-                        "seeds fit on a GPU), about one more forward pass of work")
-    g.add_argument("--step-loop", choices=STEP_LOOPS,
-                   help="device: a chunk of steps in one compiled loop; host: one step per compiled call "
-                        "(default: host on a CPU, device elsewhere)")
-    g.add_argument("--chunk-steps", type=positive_int, metavar="N",
-                   help="steps between progress updates and stop checks (default: a tenth of --steps)")
-    g.add_argument("--shard", choices=("auto", "on", "off"), default="auto",
-                   help="split each batch over this process's devices: auto (when there are several), on "
-                        "(refuse a batch that does not split evenly), off (one device)")
+    add_fields(g, RunOptions)
     g.add_argument("--devices", type=positive_int, metavar="K",
                    help="use this process's first K devices (default: all)")
-    g.add_argument("--transposed-conv", choices=TRANSPOSED_CONVS, default="phases",
-                   help="form of StyleGAN v1's fused upsampling (same numbers; dilated only to compare speed)")
+    add_generator_options(p)
 
 
-def run_options_from_args(args: argparse.Namespace) -> RunOptions:
+def run_options_from_args(args: argparse.Namespace, generator) -> RunOptions:
+    """The run options the flags say (resolved once, by the job that takes them)."""
     devices = None
     if args.devices is not None:
         import jax
@@ -136,9 +187,8 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
             raise PulseJaxError(f"--devices {args.devices}: this process has {len(local)} device(s); give 1 to "
                                 f"{len(local)}")
         devices = tuple(local[:args.devices])
-    return RunOptions(precision=args.precision, remat=args.remat, step_loop=args.step_loop,
-                      shard={"auto": None, "on": True, "off": False}[args.shard], devices=devices,
-                      chunk_steps=args.chunk_steps, transposed_conv=args.transposed_conv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions) if is_flag(f)}
+    return RunOptions(**values, devices=devices, generator=generator_options_from_args(args, generator))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,15 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", help="image files or folders of images (square, side dividing R)")
     up.add_argument("--model", required=True, help="model directory from pulse-jax convert")
     up.add_argument("--out", required=True, help="output folder")
-    up.add_argument("--seeds", type=positive_int, default=1,
+    up.add_argument("--seeds", "--duplicates", "-duplicates", type=positive_int, default=1,
                     help="results searched per input (the reference's -duplicates)")
     up.add_argument("--seed", type=seed_int, default=0, help="random seed")
     up.add_argument("--batch-size", type=positive_int,
                     help="inputs searched together (x seeds each). Default: on a CPU 1 (or one per device when "
                          "--seeds does not split evenly over them); on a GPU or TPU enough for about 32 "
                          "inputs x seeds per device (throughput grows up to there); halved when it does not fit")
-    up.add_argument("--all-seeds", action="store_true", help="also write every seed's image")
-    up.add_argument("--save-intermediate", action="store_true", help="write the search as an animated GIF")
+    add_fields(up, OutputOptions, reference_spellings=True)
     add_run_options(up)
     up.add_argument("--fit", type=positive_int, metavar="SIZE",
                     help="centre-crop each input to a square and resize it to SIZE (bicubic) instead of refusing "
@@ -173,8 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--align", action="store_true",
                     help="inputs are photos: find and align every face (dlib, FFHQ crop), then upsample them; "
                          "faces are downscaled to --fit (default 32)")
-    up.add_argument("--overwrite", action="store_true",
-                    help="redo inputs already done and replace outputs made with other settings")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     dist = up.add_argument_group("several processes (hosts, or one per GPU): run the same command in each; "
                                  "each searches its share of the inputs into the shared --out folder")
@@ -184,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
     dist.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the job")
     dist.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
-    add_search_options(up)
+    add_fields(up.add_argument_group("what the search looks for (PulseConfig: the reference's options, same "
+                                     "names and defaults)"), PulseConfig, reference_spellings=True)
 
     al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
     al.add_argument("photos", nargs="+", help="photo files or folders")
@@ -199,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=200,
                       help="search steps (default 200: the random demo generator converges slower than FFHQ)")
     demo.add_argument("--seed", type=seed_int, default=0)
-    demo.add_argument("--arch", choices=("stylegan1", "stylegan2"), default="stylegan1",
-                      help="the random generator's architecture when no --model is given (default stylegan1)")
-    demo.add_argument("--degradation", default="bicubic", metavar="SPEC",
+    demo.add_argument("--arch", choices=registry.names(), default=registry.names()[0],
+                      help="the random generator's family when no --model is given (default "
+                           f"{registry.names()[0]})")
+    demo.add_argument("--degradation", default=Degradation(), type=degradation_flag, metavar="SPEC",
                       help="how the ground truth becomes the input, as for upsample (e.g. noise:0.05 with "
                            "--size 128, bayer, kernel:blur.npy+box, bicubic+mask: a centred square unknown)")
     demo.add_argument("--quiet", action="store_true")
@@ -298,10 +347,10 @@ def _upsample_here(args, config, group, log, stop) -> dict:
 
     from pulse_jax.images import list_inputs, read_image
     from pulse_jax.inputs import InputOptions
+    from pulse_jax.job import UpsampleJob
     from pulse_jax.model import load_model
-    from pulse_jax.upsample import OutputOptions, upsample_files
+    from pulse_jax.upsample import upsample_files
 
-    options = run_options_from_args(args)
     inputs = list_inputs(args.inputs, log)
     model = load_model(args.model)
     mask = None
@@ -309,11 +358,11 @@ def _upsample_here(args, config, group, log, stop) -> dict:
         mask = (read_image(args.mask).mean(axis=-1) > 0.5).astype(np.float32)
     input_options = InputOptions(fit=None if args.align else args.fit, mask=mask,
                                  align=(args.fit or 32) if args.align else None)
-    outputs = OutputOptions(all_seeds=args.all_seeds, save_intermediate=args.save_intermediate,
-                            overwrite=args.overwrite)
-    return upsample_files(model, inputs, Path(args.out), config, options, seeds=args.seeds, seed=args.seed,
-                          batch_size=args.batch_size, outputs=outputs, input_options=input_options, log=log,
-                          show_progress=not args.quiet, processes=group, stop=stop)
+    outputs = OutputOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OutputOptions)})
+    job = UpsampleJob(model, config, run_options_from_args(args, model.generator), seeds=args.seeds,
+                      seed=args.seed, batch_size=args.batch_size, input_options=input_options, output_options=outputs)
+    return upsample_files(job, inputs, Path(args.out), log=log, show_progress=not args.quiet, processes=group,
+                          stop=stop)
 
 
 def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:

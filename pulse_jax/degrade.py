@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from pathlib import Path
 
 import jax
@@ -116,7 +117,39 @@ def conv_same(images: jax.Array, kernel: np.ndarray) -> jax.Array:
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
 
 
-def load_kernel(path: str) -> np.ndarray:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Kernel:
+    """A blur kernel, read once: its normalised values, the file they came from, and their sha256.
+
+    Equal (and hashed) by the values' digest, which is what the run key records: the search, the
+    report and the decision to skip finished work all see the one array read at the start.
+    """
+
+    values: np.ndarray  # (kh, kw) float32, sums to 1, read-only
+    file: str
+    sha256: str
+
+    @classmethod
+    def of(cls, values: np.ndarray, file: str) -> Kernel:
+        values = np.array(values, np.float32)  # a copy of ours, made read-only below
+        values.setflags(write=False)
+        return cls(values, file, hashlib.sha256(values.tobytes()).hexdigest())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Kernel) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+
+def load_kernel(path: str) -> Kernel:
     """A blur kernel from a .npy file (a 2-D array, read without pickle) or an image (as grayscale),
     normalised to sum 1."""
     file = Path(path)
@@ -142,7 +175,7 @@ def load_kernel(path: str) -> np.ndarray:
     if not np.all(np.isfinite(k)) or not total > 0:
         raise PulseJaxError(f"kernel:{path}: the kernel's values must be finite with a positive sum (got sum "
                             f"{total:g}); it is normalised to sum 1")
-    return (k / total).astype(np.float32)
+    return Kernel.of(k / total, str(path))
 
 
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")  # the 2x2 tile read row by row
@@ -181,10 +214,19 @@ class Degradation:
     sigma: float | None = None
     gray: bool = False
     mask: bool = False
-    kernel_file: str | None = None
-    kernel: tuple | None = None     # the normalised kernel's rows (hashable: the spec is a static argument)
+    kernel: Kernel | None = None    # read when the text is parsed, never again
+    spelled: str | None = dataclasses.field(default=None, compare=False)  # the text it was parsed from
     bayer: str | None = None
     noise: float | None = None
+
+    @classmethod
+    def of(cls, spec: str | Degradation) -> Degradation:
+        """A spec as text (read now: a kernel file is read here, once) or one already parsed (as it is)."""
+        if isinstance(spec, Degradation):
+            return spec
+        if not isinstance(spec, str):
+            raise PulseJaxError(f"degradation must be text such as 'bicubic+gray', got {type(spec).__name__}")
+        return cls.parse(spec)
 
     @classmethod
     def parse(cls, text: str) -> Degradation:
@@ -210,11 +252,10 @@ class Degradation:
                 once(name, part)
                 fields[name] = True
             elif name == "kernel":
-                once("kernel_file", part)
+                once("kernel", part)
                 if not arg:
                     raise PulseJaxError(f"degradation {text!r}: write kernel:FILE (a .npy array or an image)")
-                fields["kernel_file"] = arg
-                fields["kernel"] = tuple(tuple(float(v) for v in row) for row in load_kernel(arg))
+                fields["kernel"] = load_kernel(arg)
             elif name == "bayer":
                 once("bayer", part)
                 pattern = (arg or "RGGB").upper()
@@ -237,10 +278,14 @@ class Degradation:
         if fields.get("gray") and fields.get("bayer"):
             raise PulseJaxError(f"degradation {text!r}: bayer and gray exclude each other (a mosaic already has "
                                 "one colour per pixel)")
-        return cls(**fields)
+        return cls(**fields, spelled=text)
 
     def __str__(self) -> str:
-        parts = [f"kernel:{self.kernel_file}"] if self.kernel_file else []
+        """As the user wrote it (what reports show and config hashes name), else in canonical form."""
+        return self.canonical() if self.spelled is None else self.spelled
+
+    def canonical(self) -> str:
+        parts = [f"kernel:{self.kernel.file}"] if self.kernel is not None else []
         parts.append(self.downscale + (f":{self.sigma:g}" if self.sigma is not None else ""))
         if self.bayer:
             parts.append(f"bayer:{self.bayer}")
@@ -252,9 +297,9 @@ class Degradation:
         """What images of these sizes need: a kernel no larger than the generator's images, an even
         mosaic (when the observation's size ``lr_size`` is given)."""
         if self.kernel is not None:
-            kh, kw = len(self.kernel), len(self.kernel[0])
+            kh, kw = self.kernel.shape
             if kh > resolution or kw > resolution:
-                raise PulseJaxError(f"kernel:{self.kernel_file} is {kh}x{kw}, larger than the generator's "
+                raise PulseJaxError(f"kernel:{self.kernel.file} is {kh}x{kw}, larger than the generator's "
                                     f"{resolution}x{resolution} images")
         if self.bayer and lr_size is not None and lr_size % 2:
             raise PulseJaxError(f"a {self.bayer} mosaic is made of 2x2 tiles: the observation's side must be even, "
@@ -262,7 +307,7 @@ class Degradation:
 
     def apply(self, images: jax.Array, factor: int) -> jax.Array:
         """(B, R, R, 3) -> (B, R/f, R/f, 3, or 1 for gray and bayer)."""
-        x = images if self.kernel is None else conv_same(images, np.asarray(self.kernel, np.float32))
+        x = images if self.kernel is None else conv_same(images, self.kernel.values)
         if self.downscale == "bicubic":
             x = bicubic_downsample(x, factor)
         elif self.downscale == "box":

@@ -14,7 +14,7 @@ import numpy as np
 
 from pulse_jax.config import PulseConfig
 from pulse_jax.degrade import Degradation
-from pulse_jax.generators import PRESETS, STYLEGAN2_PRESETS
+from pulse_jax.generators import registry
 from pulse_jax.generators.layers import leaky_relu, standard_normal
 from pulse_jax.images import save_png
 from pulse_jax.inputs import check_fit_size
@@ -24,12 +24,11 @@ from pulse_jax.progress import Progress, seed_step_progress
 from pulse_jax.reports import REPORT_NAME, seed_entries, write_json, write_sheet
 from pulse_jax.safe_files import check_writable_folder
 
-DEMO_PRESET = "tiny_128"
-ARCHITECTURES = {"stylegan1": PRESETS, "stylegan2": STYLEGAN2_PRESETS}
-
 
 def random_demo_model(seed: int = 0, architecture: str = "stylegan1") -> Model:
-    model = Model.random(ARCHITECTURES[architecture][DEMO_PRESET], seed)
+    """The family's demo preset (registry.Family.demo_preset) with random weights and their gaussian fit."""
+    family = registry.family(architecture)
+    model = Model.random(family.presets[family.demo_preset], seed)
     return model.with_gaussian_fit(compute_gaussian_fit(model, num_samples=50_000, batch_size=10_000, seed=seed))
 
 
@@ -52,14 +51,14 @@ def demo_mask(size: int) -> np.ndarray:
 
 
 def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_size: int = 8,
-             steps: int = 200, seed: int = 0, degradation: str = "bicubic", architecture: str = "stylegan1",
-             show_progress: bool = True) -> dict:
+             steps: int = 200, seed: int = 0, degradation: str | Degradation = "bicubic",
+             architecture: str = "stylegan1", show_progress: bool = True) -> dict:
     """The generator's own image, degraded (``degradation``, noise drawn from ``seed``), then searched."""
     config = PulseConfig(steps=steps, degradation=degradation)
+    d = config.degradation
     check_writable_folder(out_dir)
     model = load_model(model_dir) if model_dir else random_demo_model(seed, architecture)
     check_fit_size(lr_size, model.generator.resolution, "--size")
-    d = Degradation.parse(degradation)
     d.check(model.generator.resolution, lr_size)
     truth = ground_truth(model, jax.random.key(seed + 1000))
     lr = np.asarray(d.simulate(jnp.asarray(truth)[None], model.generator.resolution // lr_size,
@@ -72,12 +71,13 @@ def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_
     save_png(lr[0] if masks is None else lr[0] * masks[0][..., None], out_dir / "input.png")
     for s in range(seeds):
         save_png(result.images[0, s], out_dir / f"seed{s}.png")
-    write_sheet(out_dir / "sheet.png", lr[0], result, 0, truth=truth, degradation=degradation)
+    write_sheet(out_dir / "sheet.png", lr[0], result, 0, truth=truth, degradation=str(d))
     diff_from_truth = [float(np.sqrt(np.mean((result.images[0, s] - truth) ** 2))) for s in range(seeds)]
     report = {
-        "model": model_dir or f"random {architecture} {DEMO_PRESET} generator (seed {seed})",
+        "model": model_dir or f"random {architecture} {registry.family(architecture).demo_preset} generator "
+                              f"(seed {seed})",
         "architecture": model.generator.architecture,
-        "resolution": model.generator.resolution, "input_size": lr_size, "degradation": degradation,
+        "resolution": model.generator.resolution, "input_size": lr_size, "degradation": str(d),
         "eps": config.effective_eps, "eps_reason": config.eps_reason, "config": config.to_dict(),
         "seeds": seed_entries(result, 0), "rms_difference_from_truth": diff_from_truth,
         "seconds": result.seconds, "compile_seconds": result.compile_seconds,

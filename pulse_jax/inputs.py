@@ -24,7 +24,7 @@ class InputImage:
     sha256: str = ""    # of the file's bytes: an edited input is not "already done"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class InputOptions:
     """How files become search inputs (``pulse-jax upsample`` flags)."""
 

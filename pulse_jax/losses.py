@@ -1,19 +1,22 @@
-"""PULSE's losses for ONE example, and the loss-string parser.
+"""The loss terms of the search for ONE example, their registry, and the loss-string parser.
 
-The reference sums per-sample losses over its batch; here each (image, seed)
-is its own example, so each function returns that example's term.
+The reference sums per-sample losses over its batch; here each (image, seed) is its own example, so each
+term returns that example's value. A term is a function of ``LossInputs``; ``LOSSES`` names every term a
+loss string may use (docs/pulse.md, "Losses"). A new term is a function here and one entry in LOSSES.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from pulse_jax.errors import PulseJaxError
 
-LOSS_NAMES = ("L2", "L1", "GEOCROSS")
 _TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([A-Za-z0-9_]+)\s*$")
 
 
@@ -28,8 +31,8 @@ def parse_loss_str(loss_str: str) -> tuple[tuple[float, str], ...]:
             raise PulseJaxError(f"cannot read loss term {part!r} in {loss_str!r}; write terms as WEIGHT*NAME "
                                 f"joined by '+', e.g. '100*L2+0.05*GEOCROSS'")
         weight, name = float(m.group(1) or 1.0), m.group(2)
-        if name not in LOSS_NAMES:
-            raise PulseJaxError(f"unknown loss {name!r} in {loss_str!r}; known: {', '.join(LOSS_NAMES)}")
+        if name not in LOSSES:
+            raise PulseJaxError(f"unknown loss {name!r} in {loss_str!r}; known: {', '.join(LOSSES)}")
         if any(n == name for _, n in terms):
             raise PulseJaxError(f"loss {name} appears twice in {loss_str!r}")
         terms.append((weight, name))
@@ -70,3 +73,37 @@ def geocross_loss(w: jax.Array) -> jax.Array:
     b = jnp.sqrt(jnp.sum(jnp.square(x + y), -1) + 1e-9)
     d = 2.0 * jnp.arctan2(a, b)
     return jnp.mean(w.shape[-1] * jnp.square(d)) / 8.0
+
+
+class LossInputs(NamedTuple):
+    """What a loss term may look at, for one (image, seed)."""
+
+    lr_gen: jax.Array         # the found image, degraded: (h, h, c)
+    target: jax.Array         # the observation as the loss compares it: (h, h, c)
+    weight: jax.Array | None  # (h, h, 1): 1 where the observation is known (inpainting), else None
+    eps: float                # the success threshold; L2 and L1 are clamped at it
+    w: jax.Array              # the searched styles, (Lt, D): Lt = 1 with tile_latent
+    noise: tuple              # every noise map the generator takes, (1, r, r) each
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+    fn: Callable[[LossInputs], jax.Array]
+    doc: str
+
+
+LOSSES: dict[str, LossTerm] = {
+    "L2": LossTerm(lambda x: l2_loss(x.lr_gen, x.target, x.eps, x.weight),
+                   "max(mean squared error of the degraded image, eps)"),
+    "L1": LossTerm(lambda x: l1_loss(x.lr_gen, x.target, x.eps, x.weight),
+                   "10 * max(mean absolute error of the degraded image, eps)"),
+    "GEOCROSS": LossTerm(lambda x: geocross_loss(x.w), "geodesic distances between the W+ rows"),
+}
+
+
+def total_loss(terms: tuple[tuple[float, str], ...], inputs: LossInputs) -> jax.Array:
+    """The weighted sum of the named terms (names checked by parse_loss_str)."""
+    total = jnp.zeros((), jnp.float32)
+    for weight, name in terms:
+        total = total + weight * LOSSES[name].fn(inputs)
+    return total

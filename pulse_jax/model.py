@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.errors import CheckpointError, PulseJaxError
-from pulse_jax.generators import Generator, NetworkParams, generator_for, generator_from_dict
-from pulse_jax.generators.stylegan1 import StyleGANConfig
+from pulse_jax.generators import Generator, NetworkParams, StyleGANConfig, generator_for, generator_from_dict
 from pulse_jax.safe_files import atomic_write_bytes, os_error, staging_dir
 from pulse_jax.tree_check import check_finite
 
@@ -116,13 +115,13 @@ class Model:
         """params_checksum of every array (what model.json records): names the weights in run keys."""
         return params_checksum(jax.tree_util.tree_map(np.asarray, self.pure_params()))
 
-    def search_params(self, **options) -> NetworkParams:
+    def search_params(self, options=None) -> NetworkParams:
         """The synthesis params as a search runs them, every kernel prepared once (Generator.prepare);
-        one preparation per set of ``options``, kept."""
-        key = tuple(sorted(options.items()))
-        if key not in self._prepared:
-            self._prepared[key] = self.generator.prepare(self.synthesis, **options)
-        return self._prepared[key]
+        ``options``: the family's SearchOptions (None: its defaults). One preparation per options, kept."""
+        options = self.generator.SearchOptions() if options is None else options
+        if options not in self._prepared:
+            self._prepared[options] = self.generator.prepare(self.synthesis, options)
+        return self._prepared[options]
 
     def synthesize(self, w, noise: Sequence, precision: str = "highest") -> jax.Array:
         """w (B, num_ws, D) float32; noise: one (B, r, r) array per noise map -> (B, R, R, 3), raw (about

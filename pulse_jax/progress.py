@@ -47,15 +47,16 @@ class Progress:
 
 
 def seed_step_progress(bar: Progress, then=None):
-    """An ``on_chunk`` for search(): advance ``bar`` by the seed-steps done, then call ``then(state)``."""
+    """An ``on_chunk`` for search(): advance ``bar`` by the seed-steps done, then call ``then(chunk)``."""
     done_before = [0]
 
-    def on_chunk(done, state):
+    def on_chunk(chunk):
+        done = chunk.steps_done
         if done < done_before[0]:  # a new part of a search split after running out of memory
             done_before[0] = 0
-        bar.update((done - done_before[0]) * state.step.size)  # state arrays are (N, S, ...)
+        bar.update((done - done_before[0]) * chunk.state.step.size)  # state arrays are (N, S, ...)
         done_before[0] = done
         if then is not None:
-            then(state)
+            then(chunk)
 
     return on_chunk

@@ -8,8 +8,6 @@ and colour, batched and searched (batching.py), and what each finished batch lea
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import threading
 import time
 import zlib
@@ -19,15 +17,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pulse_jax.batching import MemoryLimit, batches, default_batch_size, search_fitting
-from pulse_jax.config import PulseConfig, RunOptions
-from pulse_jax.degrade import Degradation
+from pulse_jax.batching import MemoryLimit, SearchRequest, batches, default_batch_size, search_fitting
+from pulse_jax.config import PulseConfig
 from pulse_jax.distributed import ProcessGroup
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import save_gif, save_png, to_uint8
-from pulse_jax.inputs import InputImage, InputOptions, printable, read_inputs
-from pulse_jax.latent_search import current_images
-from pulse_jax.model import Model
+from pulse_jax.inputs import InputImage, printable, read_inputs
+from pulse_jax.job import OutputOptions, UpsampleJob
 from pulse_jax.progress import Progress, seed_step_progress
 from pulse_jax.reports import (
     REPORT_NAME,
@@ -61,54 +57,33 @@ def image_key(base_seed: int, name: str) -> jax.Array:
 def with_gray(config: PulseConfig) -> PulseConfig:
     """The config for a grayscale input: compare luma, so the search also colourises (a grayscale file
     under bayer is the mosaic itself: its values are compared as they are)."""
-    d = Degradation.parse(config.degradation)
+    d = config.degradation
     if d.gray or d.bayer:
         return config
-    return dataclasses.replace(config, degradation=str(dataclasses.replace(d, gray=True)))
+    return dataclasses.replace(config, degradation=dataclasses.replace(d, gray=True, spelled=None))
 
 
 @dataclasses.dataclass(frozen=True)
-class OutputOptions:
-    """What is written per input besides its image, sheet and report entry (``pulse-jax upsample`` flags)."""
+class _Run:
+    """One run's job and the machinery every batch of it uses."""
 
-    all_seeds: bool = False          # every seed's image, <stem>_seed<k>.png
-    save_intermediate: bool = False  # the search as an animated GIF, <stem>_search.gif
-    overwrite: bool = False          # redo inputs already done, replace outputs made with other settings
-
-
-@dataclasses.dataclass(frozen=True)
-class _Batch:
-    """What every batch of one run shares."""
-
-    model: Model
+    job: UpsampleJob
     out_dir: Path
-    options: RunOptions
-    outputs: OutputOptions
-    seeds: int
-    seed: int
-    mask: np.ndarray | None
     bar: Progress
     check_stop: Callable[[], None]
     log: Callable[[str], None]
     limit: MemoryLimit
 
 
-def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: PulseConfig,
-                   options: RunOptions | None = None, *, seeds: int = 1, seed: int = 0,
-                   batch_size: int | None = None, outputs: OutputOptions | None = None,
-                   input_options: InputOptions | None = None, log: Callable[[str], None] = print,
+def upsample_files(job: UpsampleJob, inputs: Sequence[Path], out_dir: Path, *, log: Callable[[str], None] = print,
                    show_progress: bool = True, processes: ProcessGroup = ALONE,
                    stop: threading.Event | None = None) -> dict:
     """Upsample every input; returns (and writes) the report and index.html. Failed inputs are listed.
 
     Args:
-      model, config, options: the generator, what to search for, how to run (as for ``search``).
+      job: the model, what to search for, how, and what to write (UpsampleJob: checked and resolved).
       inputs: image files (folders already listed: ``images.list_inputs``).
       out_dir: where every output goes; created if missing.
-      seeds: results per input; seed: the base random seed (an input's keys come from it and its name).
-      batch_size: inputs per search (default: by backend and device count, batching.default_batch_size).
-      outputs: extra outputs and whether to redo finished work (OutputOptions).
-      input_options: how files become inputs: --fit, --mask, --align (InputOptions).
       log: one line for the user; show_progress: the progress bar on stderr.
       processes: this process's place in a job of several (``pulse_jax.distributed``).
       stop: set from a signal handler or another thread: the batch being searched is dropped at its next
@@ -119,39 +94,30 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
 
     The report is rewritten after every batch, so an interrupted run keeps what it finished; a rerun
     into the same folder skips inputs already done with the same settings and never replaces an
-    output made with other settings unless ``outputs.overwrite``. In a job of several processes, every
+    output made with other settings unless ``job.output_options.overwrite``. In a job of several processes, every
     process is given the same inputs and searches its share (by file name); each writes its own part
     report, and process 0 merges them into the report and index.html at the end (``finish_job``).
     """
-    options = (options or RunOptions()).resolved()
-    outputs = outputs or OutputOptions()
-    input_options = input_options or InputOptions()
-    degradation = Degradation.parse(config.degradation)
-    if degradation.mask and input_options.mask is None:
-        raise PulseJaxError(f"degradation {config.degradation!r} needs a mask: pass --mask MASK.png")
-    if input_options.mask is not None and not degradation.mask:
-        raise PulseJaxError(f"--mask is given, but --degradation {config.degradation!r} has no +mask, so the mask "
-                            f"would be ignored: add +mask (--degradation {config.degradation}+mask) or drop --mask")
-    degradation.check(model.generator.resolution)
+    config, options, seeds = job.config, job.options, job.seeds
     check_out_dir(out_dir, inputs)
     check_writable_folder(out_dir)
     report_path = out_dir / (REPORT_NAME if processes.count == 1 else part_name(processes.index, processes.count))
-    resolution = model.generator.resolution
-    key = run_key(model, config, options, seeds, seed, input_options)
+    resolution = job.model.generator.resolution
+    key = job.run_key
     with folder_lock(out_dir):
         remove_stale_temporaries(out_dir)
         previous = load_previous(out_dir)
     report = {"config": config.to_dict(), "config_hash": config.hash(), "eps": config.effective_eps,
               "eps_reason": config.eps_reason, "run_key": key, "seeds": seeds,
-              "seed": seed, "resolution": resolution, "architecture": model.generator.architecture,
-              "model_checksum": model.checksum, "precision": options.precision, "run_options": options.to_dict(),
-              "inputs": [], "failed": [], "skipped": [], "searched": []}
+              "seed": job.seed, "resolution": resolution, "architecture": job.model.generator.architecture,
+              "model_checksum": job.model.checksum, "precision": options.precision,
+              "run_options": options.to_dict(), "inputs": [], "failed": [], "skipped": [], "searched": []}
     if processes.count > 1:
         report["job"] = processes.job
     mine = processes.share([path.stem for path in inputs])
-    items, report["failed"] = read_inputs([p for p in inputs if p.stem in mine], resolution, input_options, out_dir,
-                                          log, degradation)
-    todo, kept, refused = plan(items, previous, out_dir, inputs, seeds, key, outputs, log)
+    items, report["failed"] = read_inputs([p for p in inputs if p.stem in mine], resolution, job.input_options, out_dir,
+                                          log, config.degradation)
+    todo, kept, refused = plan(items, previous, out_dir, inputs, job, log)
     report["failed"] += refused
     report["skipped"] = sorted(kept)
     entries: dict[str, dict] = dict(kept)
@@ -161,7 +127,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
     devices = len(options.devices) if options.devices is not None else len(jax.local_devices())
     if options.shard is False:
         devices = 1
-    batch_size = batch_size or default_batch_size(seeds, devices, jax.default_backend())
+    batch_size = job.batch_size or default_batch_size(seeds, devices, jax.default_backend())
     if devices > 1 and seeds % devices and batch_size % devices:
         log(f"note: {devices} devices, but neither --seeds ({seeds}) nor --batch-size ({batch_size}) is a multiple "
             f"of {devices}: a batch that does not split evenly runs on one device")
@@ -183,8 +149,7 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
             raise _Stopped
 
     current: list[InputImage] = []
-    shared = _Batch(model, out_dir, options, outputs, seeds, seed, input_options.mask, bar, check_stop, log,
-                    MemoryLimit())
+    run = _Run(job, out_dir, bar, check_stop, log, MemoryLimit())
     try:
         for (_, gray), group in sorted(groups.items()):
             group_config = with_gray(config) if gray else config
@@ -192,9 +157,9 @@ def upsample_files(model: Model, inputs: Sequence[Path], out_dir: Path, config: 
                 check_stop()
                 # Pending first: a kill between an input's files and its entry leaves the entry pending,
                 # so a rerun knows those files are this program's unfinished work and redoes them.
-                save_report({item.name: pending_entry(item, out_dir, seeds, outputs, key) for item in batch})
+                save_report({item.name: pending_entry(item, out_dir, job) for item in batch})
                 current = batch
-                done, diverged = _run_batch(shared, batch, group_config)
+                done, diverged = _run_batch(run, batch, group_config)
                 report["searched"] += [item.name for item in batch]
                 report["failed"] += diverged
                 save_report({name: None if e is None else dict(e, run_key=key) for name, e in done.items()})
@@ -216,22 +181,23 @@ def finish_job(out_dir: Path, processes: ProcessGroup, log: Callable[[str], None
     return merge_parts(out_dir, processes) if processes.index == 0 else None
 
 
-def _run_batch(run: _Batch, batch: list[InputImage], config: PulseConfig) -> list[dict]:
-    """Search one batch and write its outputs; -> its report entries."""
+def _run_batch(run: _Run, batch: list[InputImage], config: PulseConfig) -> tuple[dict, list]:
+    """Search one batch and write its outputs; -> (its report entries by name, its failures)."""
+    job, out_dir = run.job, run.out_dir
+    seeds = job.seeds
     lr = np.stack([item.image for item in batch])
-    keys = jax.numpy.stack([image_key(run.seed, item.name) for item in batch])
-    masks = None if run.mask is None else np.broadcast_to(run.mask, lr.shape[:3])
+    keys = jax.numpy.stack([image_key(job.seed, item.name) for item in batch])
+    masks = None if job.input_options.mask is None else np.broadcast_to(job.input_options.mask, lr.shape[:3])
     frames: list[np.ndarray] = []
-    seeds, out_dir = run.seeds, run.out_dir
 
-    def after_chunk(state):
+    def after_chunk(chunk):
         run.check_stop()
-        if run.outputs.save_intermediate:
+        if job.output_options.save_intermediate:
             # kept as bytes: a frame of 32 inputs x 1 seed at 1024 px is 100 MB, 400 MB as float32
-            frames.append(to_uint8(current_images(run.model, config, lr.shape[1], state, run.options)))
+            frames.append(to_uint8(chunk.images()))
 
-    result = search_fitting(run.model, lr, config, run.options, seeds, keys,
-                            on_chunk=seed_step_progress(run.bar, after_chunk), log=run.log, masks=masks,
+    request = SearchRequest(job.model, config, job.options, seeds, lr, keys, masks)
+    result = search_fitting(request, on_chunk=seed_step_progress(run.bar, after_chunk), log=run.log,
                             limit=run.limit)
     done, diverged = {}, []
     for n, item in enumerate(batch):
@@ -246,16 +212,16 @@ def _run_batch(run: _Batch, batch: list[InputImage], config: PulseConfig) -> lis
         k = best_seed(result, n)
         outputs = {"image": str(save_png(result.images[n, k], out_dir / f"{stem}.png")),
                    "sheet": str(write_sheet(out_dir / f"{stem}_sheet.png", item.image, result, n,
-                                            degradation=config.degradation))}
-        if run.outputs.all_seeds:
+                                            degradation=str(config.degradation)))}
+        if job.output_options.all_seeds:
             outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png"))
                                 for s in range(seeds)]
         whole = [f for f in frames if f.shape[:2] == (len(batch), seeds)]  # parts of a split search don't count
-        if run.outputs.save_intermediate and whole:
+        if job.output_options.save_intermediate and whole:
             outputs["search_gif"] = str(save_gif([f[n, k] for f in whole], out_dir / f"{stem}_search.gif"))
         success = bool(result.success[n].any())
         done[item.name] = {"input": item.name, "file": str(item.path), "input_sha256": item.sha256,
-                           "size": int(lr.shape[1]), "degradation": config.degradation, "best_seed": k,
+                           "size": int(lr.shape[1]), "degradation": str(config.degradation), "best_seed": k,
                            "success": success, "outputs": outputs, "seeds": seed_entries(result, n),
                            "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds}
         if not success:
@@ -275,10 +241,10 @@ def planned_outputs(out_dir: Path, name: str, seeds: int, outputs: OutputOptions
     return paths
 
 
-def pending_entry(item: InputImage, out_dir: Path, seeds: int, outputs: OutputOptions, key: str) -> dict:
+def pending_entry(item: InputImage, out_dir: Path, job: UpsampleJob) -> dict:
     """An input about to be searched and written: its planned files belong to this program."""
-    planned = [str(p) for p in planned_outputs(out_dir, item.name, seeds, outputs)]
-    return {"input": item.name, "file": str(item.path), "input_sha256": item.sha256, "run_key": key,
+    planned = [str(p) for p in planned_outputs(out_dir, item.name, job.seeds, job.output_options)]
+    return {"input": item.name, "file": str(item.path), "input_sha256": item.sha256, "run_key": job.run_key,
             "pending": True, "outputs": {"image": planned[0], "sheet": planned[1], "planned": planned[2:]}}
 
 
@@ -292,13 +258,14 @@ def check_out_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
                             "with the inputs and could replace them; choose another --out")
 
 
-def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inputs: Sequence[Path], seeds: int,
-         key: str, outputs: OutputOptions, log: Callable[[str], None]):
+def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inputs: Sequence[Path], job: UpsampleJob,
+         log: Callable[[str], None]):
     """-> (inputs to search, {name: entry} already done and kept, failure entries).
 
     Every file a run would write is checked before any search: against the other inputs of this run,
     against the files earlier runs wrote for other inputs (the report says whose each file is), against
     the input files themselves, and against files of unknown origin (kept unless --overwrite)."""
+    seeds, key, outputs = job.seeds, job.run_key, job.output_options
     input_files = {p.resolve() for p in inputs}
     owner: dict[Path, str] = {}
     for name, entry in previous.items():
@@ -343,20 +310,3 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
             claimed.update({p: item.name for p in planned})
         names.setdefault(item.name, item.path)
     return todo, kept, failed
-
-
-def run_key(model: Model, config: PulseConfig, options: RunOptions, seeds: int, seed: int,
-            input_options: InputOptions) -> str:
-    """What must match for an earlier result to count as this run's: everything that changes a result
-    (config, seeds, seed, precision and remat, the model's checksum, --fit / --align, the mask's pixels,
-    a kernel file's values). The input file's own hash is kept per entry."""
-    mask = input_options.mask
-    extra = {"model": model.checksum, "remat": options.remat, "fit": input_options.fit, "align": input_options.align}
-    kernel = Degradation.parse(config.degradation).kernel
-    if kernel is not None:  # the spec names the file; what counts is what it held
-        extra["kernel"] = hashlib.sha256(np.asarray(kernel, np.float32).tobytes()).hexdigest()
-    extra = json.dumps({**extra,
-                        "mask": None if mask is None else hashlib.sha256(np.ascontiguousarray(mask)).hexdigest()},
-                       sort_keys=True)
-    digest = hashlib.sha256(extra.encode()).hexdigest()[:12]
-    return f"{config.hash()}-s{seeds}-seed{seed}-{options.precision}-r{model.generator.resolution}-{digest}"

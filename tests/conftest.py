@@ -1,12 +1,11 @@
-"""Shared test setup: float32 at highest precision, strict promotion, random PULSE-format checkpoints."""
+"""Shared test setup: float32 at highest precision, strict promotion, and the session's fixtures (random
+generators and checkpoints). Functions tests share are in helpers.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 # XLA's persistent compilation cache, for this test session only (a fresh folder each session, removed at
 # the end): the suite compiles the same programs in many processes (every command it runs, the sharding
@@ -20,50 +19,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import jax  # noqa: E402 - after the cache settings above, which jax reads when imported
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import save_checkpoint  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 torch.set_num_threads(2)
-
-DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).parents[1]
-
-
-def command_env(**extra: str) -> dict[str, str]:
-    """The environment for running our commands in a subprocess: this repository importable, and huge
-    pages already asked for where they apply, so that a command does not start a second time to ask
-    (host_memory.relaunch_with_huge_pages, tested on its own in host_memory_test.py): ~3 s less each."""
-    from pulse_jax.host_memory import huge_pages_env_here
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
-    return huge_pages_env_here(env) or env
-
-
-@contextlib.contextmanager
-def storages_tagged_cuda():
-    """Make torch.save tag every storage 'cuda:0', as PULSE's files (saved from a GPU) are.
-
-    A tagger registered ahead of torch's own; removed again afterwards.
-    """
-    registry = torch.serialization._package_registry
-    entry = (-1, lambda obj: "cuda:0", lambda obj, location: None)
-    registry.insert(0, entry)
-    try:
-        yield
-    finally:
-        registry.remove(entry)
-
-
-def save_checkpoint(obj, path: Path, fmt: str) -> Path:
-    """fmt 'zip' (torch >= 1.6 default) or 'legacy' (PULSE's era: non-zip, storages tagged cuda:0)."""
-    if fmt == "zip":
-        torch.save(obj, path)
-    else:
-        with storages_tagged_cuda():
-            torch.save(obj, path, _use_new_zipfile_serialization=False)
-    return path
-
 
 @pytest.fixture(scope="session")
 def small_checkpoints(tmp_path_factory):

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import command_env, save_checkpoint
+from helpers import convert as run_cli
+from helpers import pulse_jax, save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import stylegan_torch as ref
 
 import pulse_jax as pj
 from convert.__main__ import main as convert_main
-
-ROOT = Path(__file__).parents[1]
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=command_env())
 
 
 def test_cli_converts_and_reports(small_checkpoints, gaussian_fit, gaussian_fit_file, tmp_path):
@@ -181,9 +172,8 @@ def test_pickle_that_carries_code_is_refused_without_running_it(tmp_path, fmt):
 
 
 def test_pulse_jax_convert_subcommand(small_checkpoints, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pulse_jax.cli", "convert", "--synthesis",
-                        str(small_checkpoints["files"]["synthesis_zip"]), "--out", str(tmp_path / "m"), "--quiet"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = pulse_jax("convert", "--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", tmp_path / "m",
+                  "--quiet")
     assert r.returncode == 0, r.stderr
     assert pj.load_model(tmp_path / "m").config.resolution == 256
 

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import upsample
 from PIL import Image
 
 import pulse_jax as pj
 from pulse_jax.degrade import Degradation
 from pulse_jax.demo import ground_truth
-from pulse_jax.upsample import upsample_files
 
 
 def blur_kernel(path):
@@ -69,8 +69,7 @@ def test_upsample_a_mosaic_file_and_report_the_eps(micro, tmp_path):
     Image.fromarray(np.round(mosaic * 255).astype(np.uint8), "L").save(d / "raw.png")  # 1 channel, factor 1
     Image.new("RGB", (1, 1)).save(d / "odd.png")
     config = pj.PulseConfig(steps=2, degradation="bayer+noise:0.02")
-    report = upsample_files(micro, sorted(d.iterdir()), tmp_path / "out", config, show_progress=False,
-                            log=lambda m: None)
+    report = upsample(micro, sorted(d.iterdir()), tmp_path / "out", config=config)
     entry, = report["inputs"]
     assert entry["degradation"] == "bayer+noise:0.02"  # a grayscale mosaic file does not turn into +gray
     assert report["eps"] == pytest.approx(4e-4) and "SIGMA^2" in report["eps_reason"]

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import command_env
+from helpers import command_env, finish_all, pulse_jax, run_python, start_python
 from PIL import Image
 
 import pulse_jax as pj
@@ -33,19 +32,14 @@ def free_port() -> int:
 
 
 def run_processes(argv_of, devices: int, count: int = 2, timeout: int = 600) -> list[subprocess.CompletedProcess]:
-    """Start ``count`` processes, argv_of(i, coordinator_address) each, at once and wait for all.
+    """Start ``count`` Python processes, with the arguments argv_of(i, coordinator_address) each, at once and
+    wait for all.
 
     The coordinator listens on 127.0.0.1 only (JAX's default, every interface over IPv6, is not
     available on every test machine)."""
     address = f"127.0.0.1:{free_port()}"
     process_env = {**env(devices), "JAX_COORDINATOR_BIND_ADDRESS": address}
-    procs = [subprocess.Popen(argv_of(i, address), cwd=ROOT, env=process_env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(count)]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    return results
+    return finish_all([start_python(*argv_of(i, address), env=process_env) for i in range(count)], timeout)
 
 
 def test_share_deals_every_name_to_exactly_one_process():
@@ -74,11 +68,10 @@ def write_inputs(folder: Path, count: int, size: int = 16) -> None:
 
 def test_cli_over_two_processes_equals_one_process(micro_model_dir, tmp_path):
     write_inputs(tmp_path / "in", 3)
-    common = [sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"), "--model",
-              str(micro_model_dir), "--seeds", "2", "--steps", "3", "--quiet"]
+    common = ["-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"), "--model", str(micro_model_dir), "--seeds",
+              "2", "--steps", "3", "--quiet"]
     # One device per process, as in the usual one-process-per-GPU job.
-    single = subprocess.run([*common, "--out", str(tmp_path / "one")], cwd=ROOT, env=env(1), capture_output=True,
-                            text=True, timeout=600)
+    single = run_python(*common, "--out", tmp_path / "one", env=env(1))
     assert single.returncode == 0, single.stderr
     runs = run_processes(lambda i, address: [*common, "--out", str(tmp_path / "two"), "--coordinator", address,
                                     "--num-processes", "2", "--process-id", str(i)], devices=1)
@@ -112,7 +105,7 @@ def test_a_failing_process_does_not_take_the_others_down(micro_model_dir, tmp_pa
     out.mkdir()
     # Left by an earlier job with the same process count: not this job's, so not merged.
     (out / "report.part1of2.json").write_text(json.dumps({"job": "earlier", "inputs": [{"input": "stale"}]}))
-    runs = run_processes(lambda i, address: [sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"),
+    runs = run_processes(lambda i, address: ["-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"),
                                     "--model", str(micro_model_dir) if i == 0 else str(tmp_path / "missing"),
                                     "--out", str(out), "--steps", "2", "--quiet", "--coordinator",
                                     address, "--num-processes", "2", "--process-id", str(i)], devices=1)
@@ -126,7 +119,7 @@ def test_a_failing_process_does_not_take_the_others_down(micro_model_dir, tmp_pa
 
 
 GLOBAL_SEARCH = r"""
-import sys; sys.path.insert(0, "tests")
+import sys
 import jax
 import numpy as np
 import pulse_jax as pj
@@ -159,7 +152,7 @@ print("refused", group.index)
 
 
 def test_search_as_one_program_over_two_processes():
-    runs = run_processes(lambda i, address: [sys.executable, "-c", GLOBAL_SEARCH, address, str(i)], devices=2)
+    runs = run_processes(lambda i, address: ["-c", GLOBAL_SEARCH, address, str(i)], devices=2)
     for i, r in enumerate(runs):
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"global search ok {i}" in r.stdout and f"refused {i}" in r.stdout
@@ -167,9 +160,8 @@ def test_search_as_one_program_over_two_processes():
 
 def test_distributed_outside_a_cluster_says_what_to_pass(tmp_path):
     clean = {k: v for k, v in env(1).items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_"))}
-    r = subprocess.run([sys.executable, "-m", "pulse_jax.cli", "upsample", str(tmp_path), "--model", str(tmp_path),
-                        "--out", str(tmp_path / "out"), "--distributed"], cwd=ROOT, env=clean,
-                       capture_output=True, text=True, timeout=300)
+    r = pulse_jax("upsample", tmp_path, "--model", tmp_path, "--out", tmp_path / "out", "--distributed", env=clean,
+                  timeout=300)
     assert r.returncode == 2, r.stderr
     assert "could not join the distributed job" in r.stderr and "--coordinator HOST:PORT" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()

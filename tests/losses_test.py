@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from reference.pulse_torch import geocross
 
 from pulse_jax.errors import PulseJaxError
-from pulse_jax.losses import LOSS_NAMES, geocross_loss, l1_loss, l2_loss, mse, parse_loss_str
+from pulse_jax.losses import LOSSES, geocross_loss, l1_loss, l2_loss, mse, parse_loss_str
 
 
 def test_geocross_matches_reference():
@@ -43,7 +43,7 @@ def test_parse_rejects(bad):
         parse_loss_str(bad)
 
 
-@given(st.lists(st.tuples(st.floats(0.001, 1000, allow_nan=False), st.sampled_from(LOSS_NAMES)),
+@given(st.lists(st.tuples(st.floats(0.001, 1000, allow_nan=False), st.sampled_from(sorted(LOSSES))),
                 min_size=1, max_size=3, unique_by=lambda t: t[1]))
 def test_parse_round_trips(terms):
     text = "+".join(f"{w!r}*{n}" for w, n in terms)
@@ -56,4 +56,4 @@ def test_parse_never_crashes(text):
         terms = parse_loss_str(text)
     except PulseJaxError:
         return
-    assert all(name in LOSS_NAMES for _, name in terms)
+    assert all(name in LOSSES for _, name in terms)

@@ -127,7 +127,7 @@ def test_search_params_are_prepared_once_per_option():
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=0, with_mapping=False)
     phases = model.search_params()
     assert model.search_params() is phases
-    dilated = model.search_params(transposed_conv="dilated")
+    dilated = model.search_params(model.generator.SearchOptions(transposed_conv="dilated"))
     assert dilated is not phases and dilated.graphdef != phases.graphdef  # compiled apart, never confused
 
 

@@ -9,36 +9,27 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import command_env
+from helpers import pulse_jax, start_python, upsample
 from PIL import Image
 
 import pulse_jax as pj
 from pulse_jax import safe_files
-from pulse_jax.upsample import upsample_files
 
 ROOT = Path(__file__).parents[1]
 NAMES = [f"face{i}" for i in range(5)]
 
 
-def command(*args):
-    return [sys.executable, "-m", "pulse_jax.cli", "upsample", *map(str, args)]
-
-
 def start(*args):
-    return subprocess.Popen(command(*args), cwd=ROOT, env=command_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_python("-m", "pulse_jax.cli", "upsample", *args)
 
 
 def finish(*args):
-    return subprocess.run(command(*args), cwd=ROOT, env=command_env(),
-                          capture_output=True, text=True, timeout=600)
+    return pulse_jax("upsample", *args)
 
 
 def finished(out: Path) -> dict[str, str]:
@@ -118,11 +109,11 @@ def test_a_full_disk_keeps_what_finished_and_the_rerun_does_the_rest(micro, face
 
     monkeypatch.setattr(safe_files.os, "replace", disk_fills_up)
     with pytest.raises(pj.PulseJaxError, match="disk is full"):
-        upsample_files(micro, inputs, out, config, show_progress=False, log=lambda m: None)
+        upsample(micro, inputs, out, config=config)
     monkeypatch.setattr(safe_files.os, "replace", real_replace)
     before = finished(out)
     assert set(listed(out)) == {"face0", "face1"} and before
     assert not [p for p in out.iterdir() if safe_files.TEMP_MARK in p.name]
-    report = upsample_files(micro, inputs, out, config, show_progress=False, log=lambda m: None)
+    report = upsample(micro, inputs, out, config=config)
     assert report["skipped"] == ["face0", "face1"] and sorted(report["searched"]) == ["face2", "face3", "face4"]
     assert listed(out) == NAMES and {k: v for k, v in finished(out).items() if k in before} == before

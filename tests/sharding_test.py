@@ -3,15 +3,9 @@ but memory. Runs in a subprocess: the device count is fixed when jax starts."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).parents[1]
+from helpers import command_env, run_python
 
 SCRIPT = r"""
-import sys; sys.path.insert(0, "tests")
 import jax, numpy as np
 import pulse_jax as pj
 from pulse_jax.latent_search.placement import placement
@@ -53,9 +47,7 @@ print("done")
 
 
 def test_sharded_search_equals_single_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=900)
+    r = run_python("-c", SCRIPT, env=command_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"), timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sharded 8 1 ok" in r.stdout and "sharded 2 8 ok" in r.stdout and "done" in r.stdout
     assert "two devices ok" in r.stdout

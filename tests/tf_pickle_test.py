@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import stylegan2_files
 import tf_files
-from conftest import DATA, save_checkpoint
+from helpers import DATA, save_checkpoint
 from reference import stylegan2_torch as ref2
 from reference import stylegan_torch as ref1
 

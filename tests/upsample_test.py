@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import start_python
+from helpers import upsample as run
 from PIL import Image
 
 import pulse_jax as pj
@@ -15,7 +17,6 @@ from pulse_jax import batching
 from pulse_jax import upsample as upsample_module
 from pulse_jax.inputs import InputOptions
 from pulse_jax.latent_search import search as real_search
-from pulse_jax.upsample import OutputOptions, upsample_files
 
 
 def mixed_folder(root):
@@ -26,14 +27,6 @@ def mixed_folder(root):
     (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
     Image.new("RGB", (20, 20)).save(d / "wrong_size.png")
     return sorted(d.iterdir())
-
-
-def run(model, inputs, out, **kw):
-    """upsample_files, quiet; OutputOptions' fields may be given as keywords."""
-    kw.setdefault("config", pj.PulseConfig(steps=2))
-    outputs = {f: kw.pop(f) for f in ("all_seeds", "save_intermediate", "overwrite") if f in kw}
-    return upsample_files(model, inputs, out, kw.pop("config"), outputs=OutputOptions(**outputs),
-                          show_progress=False, log=lambda m: None, **kw)
 
 
 def test_mixed_folder_and_rerun(micro, tmp_path):
@@ -110,8 +103,7 @@ def test_what_did_not_fit_is_not_tried_again(micro, tmp_path, monkeypatch):
     for i in range(4):
         Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(d / f"face{i}.png")
     monkeypatch.setattr(batching, "search", two_examples_fit)
-    report = upsample_files(micro, sorted(d.iterdir()), tmp_path / "out", pj.PulseConfig(steps=2), seeds=2,
-                            batch_size=2, show_progress=False, log=said.append)
+    report = run(micro, sorted(d.iterdir()), tmp_path / "out", seeds=2, batch_size=2, log=said.append)
     assert calls == [(2, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
     assert len(report["inputs"]) == 4 and not report["failed"]
     assert sum("out of device memory" in m for m in said) == 1
@@ -142,8 +134,8 @@ def test_same_stem_twice_is_refused(micro, tmp_path):
 def test_says_when_devices_would_sit_idle(micro, tmp_path, monkeypatch, seeds, batch_size, said):
     monkeypatch.setattr(upsample_module.jax, "local_devices", lambda: ["device"] * 2)
     logged = []
-    upsample_files(micro, [], tmp_path / "out", pj.PulseConfig(steps=1), seeds=seeds, batch_size=batch_size,
-                   show_progress=False, log=logged.append)
+    run(micro, [], tmp_path / "out", config=pj.PulseConfig(steps=1), seeds=seeds, batch_size=batch_size,
+        log=logged.append)
     assert any("runs on one device" in m for m in logged) == said
 
 
@@ -237,11 +229,8 @@ def test_the_report_keeps_earlier_work(micro, tmp_path):
 
 
 def dead_pid():
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
+    proc = start_python("-c", "pass")
+    proc.communicate()
     return proc.pid
 
 

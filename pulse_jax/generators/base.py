@@ -1,15 +1,18 @@
-"""The interface every generator family implements, and the params type its functions take.
+"""The generator contract every family implements (``Generator``), and what they share.
 
-A family is a frozen dataclass over its architecture config (hashable, so it can be a static argument
-of a jitted program) whose networks are Flax NNX modules with this calling convention:
+A family (StyleGAN v1, StyleGAN2, ...) is a frozen dataclass over its architecture config: hashable, so
+it can be a static argument of a jitted program. Its networks are Flax NNX modules:
 
-- synthesis module: ``module(w (B, num_ws, D), noise [(B, r, r)] * len(noise_shapes()), precision,
-  remat) -> image (B, R, R, 3)`` about [-1, 1], and ``module.prepare_for_search(**options)`` to put its
-  kernels in the form a search step uses (same function);
-- mapping module: ``module(z (B, D), precision) -> w (B, D)``.
+- the synthesis network, ``SynthesisNetwork``: ``module(w (B, num_ws, D), noise [(B, r, r)] * len(
+  noise_shapes()), precision, remat) -> image (B, R, R, 3)`` about [-1, 1], and
+  ``module.prepare_for_search(options)``, which puts its kernels in the form a search step uses (the same
+  function), ``options`` being the family's own ``SearchOptions`` (a frozen dataclass of fields made
+  with ``pulse_jax.fields.option``: they become flags);
+- the mapping network, ``MappingNetwork``: ``module(z (B, D), precision) -> w (B, D)``.
 
-Everything else (binding arrays, random weights, abstract shapes, pure synthesize/map/prepare) is
-written once here. Nothing in this package knows about the search or about files.
+``FlaxGenerator`` writes everything else once (binding arrays, random weights, abstract shapes, the pure
+synthesize / map / prepare). Nothing in this package knows about the search or about files; what a new
+family provides is listed in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -17,14 +20,66 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from pulse_jax.tree_check import check_finite, check_tree
+
+
+class SynthesisNetwork(Protocol):
+    def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str, remat: bool) -> jax.Array: ...
+
+    def prepare_for_search(self, options: Any) -> None: ...
+
+
+class MappingNetwork(Protocol):
+    def __call__(self, z: jax.Array, precision: str) -> jax.Array: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the search, the model directory and the converters use of a generator family."""
+
+    architecture: ClassVar[str]    # the name model.json records (the family's registry name)
+    SearchOptions: ClassVar[type]  # the family's options for prepare (a frozen dataclass; may have no fields)
+    config: Any                    # the architecture config (frozen dataclass with to_dict())
+
+    @property
+    def resolution(self) -> int: ...
+
+    @property
+    def dlatent_size(self) -> int: ...
+
+    @property
+    def num_ws(self) -> int:
+        """W+ rows the synthesis network takes, counted from its layers."""
+
+    def noise_shapes(self) -> tuple[tuple[int, int], ...]:
+        """One (r, r) per noise map, in the synthesis network's order (counted apart from num_ws; may be
+        empty)."""
+
+    def random_params(self, seed: int = 0, *, with_mapping: bool = True) -> tuple[NetworkParams, NetworkParams | None]:
+        ...
+
+    def abstract_params(self, network: str) -> NetworkParams: ...
+
+    def bind(self, network: str, arrays: dict) -> NetworkParams: ...
+
+    def synthesize(self, params: NetworkParams, w: jax.Array, noise: Sequence[jax.Array], *,
+                   precision: str = "highest", remat: bool = False) -> jax.Array: ...
+
+    def map(self, params: NetworkParams, z: jax.Array, *, precision: str = "highest") -> jax.Array: ...
+
+    def prepare(self, params: NetworkParams, options: Any = None) -> NetworkParams: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSearchOptions:
+    """A family whose search form has no choices."""
 
 
 @jax.tree_util.register_pytree_node_class
@@ -60,11 +115,12 @@ class NetworkParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class Generator(abc.ABC):
-    """A generator family for one architecture config: shapes and pure functions of its params."""
+class FlaxGenerator(abc.ABC):
+    """The shared half of a family: given its modules, counts and options, the rest of ``Generator``."""
 
     config: Any
-    architecture: ClassVar[str]  # the name model.json records
+    architecture: ClassVar[str]
+    SearchOptions: ClassVar[type] = NoSearchOptions
 
     # ---- what a family defines ------------------------------------------------------------------
 
@@ -79,7 +135,8 @@ class Generator(abc.ABC):
     @property
     @abc.abstractmethod
     def num_ws(self) -> int:
-        """W+ rows the synthesis network takes (18 at 1024 for StyleGAN v1 and StyleGAN2)."""
+        """W+ rows the synthesis network takes, counted from its layers (18 at 1024 for StyleGAN v1 and
+        StyleGAN2)."""
 
     @abc.abstractmethod
     def noise_shapes(self) -> tuple[tuple[int, int], ...]:
@@ -126,15 +183,19 @@ class Generator(abc.ABC):
         """Pure: z (B, D) -> w (B, D)."""
         return params.module()(z, precision)
 
-    def prepare(self, params: NetworkParams, **options) -> NetworkParams:
+    def prepare(self, params: NetworkParams, options: Any = None) -> NetworkParams:
         """The synthesis params in the form a search step uses (kernels scaled and rearranged once);
-        ``synthesize`` gives the same images with either. ``options``: the family's preparation choices."""
+        ``synthesize`` gives the same images with either. ``options``: the family's SearchOptions (None:
+        its defaults)."""
+        options = self.SearchOptions() if options is None else options
+        if not isinstance(options, self.SearchOptions):
+            raise TypeError(f"{self.architecture} takes {self.SearchOptions.__qualname__}, got {options!r}")
         module = params.module()
-        module.prepare_for_search(**options)
+        module.prepare_for_search(options)
         return NetworkParams.of(module)
 
 
-def _random_network(generator: Generator, network: str, seed: int) -> NetworkParams:
+def _random_network(generator: FlaxGenerator, network: str, seed: int) -> NetworkParams:
     """The module's random init as ONE compiled program: run op by op, every parameter's draw was its own
     compile (~10 s for a 32 px generator on a 2-core CPU, paid by every demo and test process)."""
     graphdef, _ = _split_abstract(generator._module_maker(network))
@@ -142,7 +203,7 @@ def _random_network(generator: Generator, network: str, seed: int) -> NetworkPar
 
 
 @functools.cache
-def _init_program(generator: Generator, network: str):
+def _init_program(generator: FlaxGenerator, network: str):
     """One compile per architecture and network, the seed an argument: the same bits as nnx.Rngs(seed),
     and a second random model of a config costs milliseconds, not the ~5-10 s compile again."""
     make = generator._module_maker(network)

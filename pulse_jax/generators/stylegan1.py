@@ -1,6 +1,6 @@
 """StyleGAN v1 (the generator PULSE searches): its config, synthesis and mapping networks, and family.
 
-Formulas: shared/docs/pulse-reference.md. Layout inside: NHWC. Parameter names
+Formulas: docs/stylegan.md, "StyleGAN v1". Layout inside: NHWC. Parameter names
 follow the PULSE state dict (``blocks/8x8/conv0_up/kernel`` for
 ``blocks.8x8.conv0_up.weight``) so that a mismatch reads the same in both.
 """
@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pulse_jax.generators.base import Generator
+from pulse_jax.errors import PulseJaxError
+from pulse_jax.fields import option
+from pulse_jax.generators.base import FlaxGenerator
 from pulse_jax.generators.layers import (
     TRANSPOSED_CONV_IMPLS,
     Conv,
@@ -37,11 +39,13 @@ from pulse_jax.generators.layers import (
     upsample_nearest_2x,
     use_winograd,
 )
+from pulse_jax.generators.registry import Family
 
 MAX_RESOLUTION = 4096  # a 4096 px StyleGAN would already take ~16 GB per seed to search
 FUSED_UPSAMPLE_FROM = 128  # blocks at this resolution and above use the fused transposed conv
 MAPPING_LAYERS = 8
 MAPPING_LRMUL = 0.01
+LAYERS_PER_BLOCK = 2  # each block: two convolutions (or the constant and one), each with its style and noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +79,8 @@ class StyleGANConfig:
 
     @property
     def num_layers(self) -> int:
-        """Style inputs / noise maps: 2 per block, 18 at 1024."""
-        return 2 * self.log2_resolution - 2
+        """Style inputs / noise maps, counted from the blocks: 2 per block, 18 at 1024."""
+        return sum(LAYERS_PER_BLOCK for _ in self.block_resolutions())
 
     def channels(self, stage: int) -> int:
         return min(int(self.fmap_base / (2.0 ** (stage * self.fmap_decay))), self.fmap_max)
@@ -89,8 +93,8 @@ class StyleGANConfig:
         return self.channels(int(math.log2(res)) - 1)
 
     def noise_shapes(self) -> tuple[tuple[int, int], ...]:
-        """Layer i's noise map side is 2**(i//2 + 2)."""
-        return tuple((2 ** (i // 2 + 2),) * 2 for i in range(self.num_layers))
+        """One map per layer, at its block's resolution: layer i's side is 2**(i//2 + 2)."""
+        return tuple((res, res) for res in self.block_resolutions() for _ in range(LAYERS_PER_BLOCK))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,6 +107,23 @@ PRESETS = {
     "small_256": StyleGANConfig(resolution=256, fmap_base=1024, fmap_max=128),
     "tiny_128": StyleGANConfig(resolution=128, fmap_base=512, fmap_max=64),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """StyleGAN v1's choices for the form its network takes in a search (the same function either way)."""
+
+    winograd: bool | None = option(
+        None, "the 3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3): auto (on a CPU, where it "
+        "pays: benchmarks/RESULTS.md), on, off")
+    transposed_conv: str = option(
+        "phases", "form of StyleGAN v1's fused upsampling: phases (one 2x2 phase convolution) or dilated (kept to "
+        "compare speed on a device); the same numbers", choices=tuple(TRANSPOSED_CONV_IMPLS))
+
+    def __post_init__(self):
+        if self.transposed_conv not in TRANSPOSED_CONV_IMPLS:
+            raise PulseJaxError(f"transposed_conv must be one of {tuple(TRANSPOSED_CONV_IMPLS)}, got "
+                                f"{self.transposed_conv!r}")
 
 
 def block_name(res: int) -> str:
@@ -192,15 +213,13 @@ class Synthesis(nnx.Module):
         self.blocks = nnx.Dict(blocks)
         self.torgb = Conv(config.block_channels(config.resolution), 3, 1, gain=1.0, rngs=rngs)
 
-    def prepare_for_search(self, winograd: bool | None = None, transposed_conv: str = "phases") -> None:
+    def prepare_for_search(self, options: SearchOptions) -> None:
         """In place: every kernel in the form a search step uses (layers.Prepared); same function.
-        ``winograd``: the 3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3) (default:
-        on a CPU, where it pays; see use_winograd). ``transposed_conv``: the fused upsampling as one
-        2x2 phase convolution ("phases") or as a dilated convolution ("dilated", to compare on a device)."""
-        if transposed_conv not in TRANSPOSED_CONV_IMPLS:
-            raise ValueError(f"transposed_conv must be one of {sorted(TRANSPOSED_CONV_IMPLS)}, got {transposed_conv!r}")
-        if winograd is None:
-            winograd = jax.default_backend() == "cpu"
+        ``options.winograd``: the 3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3)
+        (None: on a CPU, where it pays; see use_winograd). ``options.transposed_conv``: the fused
+        upsampling as one 2x2 phase convolution ("phases") or as a dilated one ("dilated")."""
+        winograd = jax.default_backend() == "cpu" if options.winograd is None else options.winograd
+        transposed_conv = options.transposed_conv
         for res in self.config.block_resolutions():
             channels = self.config.block_channels(res)
             block = self.blocks[block_name(res)]
@@ -214,10 +233,11 @@ class Synthesis(nnx.Module):
                  remat: bool = False) -> jax.Array:
         """``remat``: keep only each block's output for the backward pass and recompute the inside
         (less memory per seed, about one more forward pass of work)."""
-        x = None
-        for i, res in enumerate(self.config.block_resolutions()):
+        x, first = None, 0
+        for res in self.config.block_resolutions():  # each block takes the next LAYERS_PER_BLOCK rows and maps
             block = self.blocks[block_name(res)]
-            layers = slice(2 * i, 2 * i + 2)
+            layers = slice(first, first + LAYERS_PER_BLOCK)
+            first += LAYERS_PER_BLOCK
             if x is None:
                 def run(w_i, n_i, block=block):
                     return block(w_i, n_i, precision)
@@ -246,11 +266,12 @@ class Mapping(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN1(Generator):
-    """StyleGAN v1 behind the generator interface: one W+ row and one noise map per layer."""
+class StyleGAN1(FlaxGenerator):
+    """StyleGAN v1 behind the generator contract: one W+ row and one noise map per layer."""
 
     config: StyleGANConfig
     architecture: ClassVar[str] = StyleGANConfig.architecture
+    SearchOptions: ClassVar[type] = SearchOptions
 
     def synthesis_module(self, rngs: nnx.Rngs) -> Synthesis:
         return Synthesis(self.config, rngs=rngs)
@@ -264,3 +285,10 @@ class StyleGAN1(Generator):
 
     def noise_shapes(self) -> tuple[tuple[int, int], ...]:
         return self.config.noise_shapes()
+
+
+FAMILY = Family(
+    name=StyleGANConfig.architecture, title="StyleGAN v1", generator=StyleGAN1, config=StyleGANConfig,
+    presets=PRESETS, demo_preset="tiny_128",
+    files="PULSE's synthesis.pt and mapping.pt (--synthesis, --mapping), NVIDIA's TensorFlow "
+          "karras2019stylegan-*.pkl (--network)")

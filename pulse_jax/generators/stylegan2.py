@@ -1,6 +1,6 @@
 """StyleGAN2 (NVIDIA's "skip" generator: config-f and ADA) in Flax NNX, NHWC.
 
-Formulas: shared/docs/stylegan2-reference.md, section 1. Stored parameters are the checkpoint's numbers
+Formulas: docs/stylegan.md, "StyleGAN2". Stored parameters are the checkpoint's numbers
 in our layout (dense kernels (in, out), conv kernels HWIO, the 4x4 constant (4, 4, C)); the equalised-lr
 multipliers are applied here. The modulated convolution is in its shared-weight form: the input scaled
 by the style, one convolution with the layer's single weight, the output scaled by the demodulation.
@@ -21,7 +21,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from pulse_jax.generators.base import Generator
+from pulse_jax.fields import option
+from pulse_jax.generators.base import FlaxGenerator
 from pulse_jax.generators.layers import (
     Dense,
     Prepared,
@@ -38,6 +39,7 @@ from pulse_jax.generators.layers import (
     standard_normal,
     use_winograd,
 )
+from pulse_jax.generators.registry import Family
 
 MAX_RESOLUTION = 4096
 SQRT2 = math.sqrt(2.0)
@@ -45,6 +47,13 @@ DEMODULATION_EPS = 1e-8
 # The resampling filter [1, 3, 3, 1] (outer product, sum 1), times 4 (the gain of a 2x upsampling).
 _TAPS = np.array([1.0, 3.0, 3.0, 1.0])
 UP_FILTER = (4.0 * np.outer(_TAPS, _TAPS) / np.outer(_TAPS, _TAPS).sum()).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+    resolution: int
+    num_conv: int   # convolutions: a W+ row and a noise map each
+    num_torgb: int  # toRGB layers: a W+ row each, the first of the next block's rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +92,21 @@ class StyleGAN2Config:
     def block_resolutions(self) -> list[int]:
         return [2**k for k in range(2, int(math.log2(self.resolution)) + 1)]
 
+    def layout(self) -> tuple[BlockLayout, ...]:
+        """Each block's convolutions and toRGB layers: what the W+ rows and noise maps are counted from."""
+        return tuple(BlockLayout(r, num_conv=1 if r == 4 else 2, num_torgb=1) for r in self.block_resolutions())
+
     @property
     def num_ws(self) -> int:
-        return 2 * int(math.log2(self.resolution)) - 2
+        """A row per convolution, and the last block's toRGB: every other toRGB shares its row with the
+        next block's first convolution (NVIDIA counts them so). 18 at 1024."""
+        layout = self.layout()
+        return sum(b.num_conv for b in layout) + layout[-1].num_torgb
 
     def noise_shapes(self) -> tuple[tuple[int, int], ...]:
-        """b4.conv1, then conv0 and conv1 of every later block: 17 maps at 1024."""
-        return ((4, 4),) + tuple((r, r) for r in self.block_resolutions()[1:] for _ in range(2))
+        """One map per convolution (none on toRGB): b4.conv1, then conv0 and conv1 of every later block,
+        17 maps at 1024."""
+        return tuple((b.resolution, b.resolution) for b in self.layout() for _ in range(b.num_conv))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,9 +274,11 @@ class ToRGB(nnx.Module):
 class Block(nnx.Module):
     """b4: the constant, conv1, torgb. b_r (r >= 8): conv0 (up), conv1, torgb added to the upsampled image."""
 
-    def __init__(self, config: StyleGAN2Config, res: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: StyleGAN2Config, layout: BlockLayout, *, rngs: nnx.Rngs):
+        res = layout.resolution
         c, d, clamp = config.channels(res), config.dlatent_size, config.conv_clamp
         self.first = res == 4
+        self.num_conv, self.num_torgb = layout.num_conv, layout.num_torgb
         if self.first:
             self.const = nnx.Param(standard_normal(rngs.params(), (4, 4, c)))
         else:
@@ -274,7 +293,7 @@ class Block(nnx.Module):
         self.torgb.affine.prepare_for_search()
 
     def __call__(self, x, img, w, noise, precision: str):
-        """w: this block's rows (conv0?, conv1, torgb); noise: its maps (conv0?, conv1)."""
+        """w: this block's num_conv + num_torgb rows (conv0?, conv1, torgb); noise: its num_conv maps."""
         if self.first:
             x = jnp.broadcast_to(self.const[...], (w.shape[0], *self.const.shape))
             x = self.conv1(x, w[:, 0], noise[0], precision)
@@ -289,28 +308,28 @@ class Synthesis(nnx.Module):
 
     def __init__(self, config: StyleGAN2Config, *, rngs: nnx.Rngs):
         self.config = config
-        self.blocks = nnx.Dict({f"b{r}": Block(config, r, rngs=rngs) for r in config.block_resolutions()})
+        self.blocks = nnx.Dict({f"b{b.resolution}": Block(config, b, rngs=rngs) for b in config.layout()})
 
-    def prepare_for_search(self, winograd: bool | None = None, transposed_conv: str = "phases") -> None:
-        """In place: the forms a search step uses (layers.Prepared); the same function. ``winograd``: the
-        3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3) (default: on a CPU, where the
-        StyleGAN v1 measurements say it pays; layers.use_winograd). ``transposed_conv``: StyleGAN v1's
-        option; here the upsampling is always the phase form."""
-        del transposed_conv
-        if winograd is None:
-            winograd = jax.default_backend() == "cpu"
+    def prepare_for_search(self, options: SearchOptions) -> None:
+        """In place: the forms a search step uses (layers.Prepared); the same function. ``options.winograd``:
+        the 3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3) (None: on a CPU, where the
+        StyleGAN v1 measurements say it pays; layers.use_winograd)."""
+        winograd = jax.default_backend() == "cpu" if options.winograd is None else options.winograd
         for res in self.config.block_resolutions():
             self.blocks[f"b{res}"].prepare_for_search(winograd and use_winograd(res, self.config.channels(res)))
 
     def __call__(self, w: jax.Array, noise: Sequence[jax.Array], precision: str = "highest",
                  remat: bool = False) -> jax.Array:
         x = img = None
-        for k, res in enumerate(self.config.block_resolutions()):
+        first = 0
+        for res in self.config.block_resolutions():
             block = self.blocks[f"b{res}"]
-            # W+ rows: b4 takes 0 (conv1), 1 (torgb); block k >= 1 takes 2k-1, 2k, 2k+1: its torgb
-            # shares a row with the next block's conv0. Noise: b4 map 0, block k maps 2k-1 and 2k.
-            rows = slice(0, 2) if k == 0 else slice(2 * k - 1, 2 * k + 2)
-            maps = noise[0:1] if k == 0 else noise[2 * k - 1: 2 * k + 1]
+            # A block takes a row per convolution and per toRGB, starting at its first convolution's; the
+            # next block starts after the convolutions only, so a toRGB shares its row with the next
+            # block's first convolution. A map per convolution, in order.
+            rows = slice(first, first + block.num_conv + block.num_torgb)
+            maps = noise[first: first + block.num_conv]
+            first += block.num_conv
 
             def run(x, img, w_k, maps, block=block):
                 return block(x, img, w_k, maps, precision)
@@ -338,11 +357,21 @@ class Mapping(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN2(Generator):
-    """StyleGAN2 behind the generator interface: num_ws W+ rows, one noise map fewer (no noise on toRGB)."""
+class SearchOptions:
+    """StyleGAN2's choices for the form its network takes in a search (the same function either way)."""
+
+    winograd: bool | None = option(
+        None, "the 3x3 convolutions of the wide, small blocks by Winograd's F(2x2, 3x3): auto (on a CPU, where it "
+        "pays: benchmarks/RESULTS.md), on, off")
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGAN2(FlaxGenerator):
+    """StyleGAN2 behind the generator contract: num_ws W+ rows, one noise map fewer (no noise on toRGB)."""
 
     config: StyleGAN2Config
     architecture: ClassVar[str] = StyleGAN2Config.architecture
+    SearchOptions: ClassVar[type] = SearchOptions
 
     def synthesis_module(self, rngs: nnx.Rngs) -> Synthesis:
         return Synthesis(self.config, rngs=rngs)
@@ -356,3 +385,10 @@ class StyleGAN2(Generator):
 
     def noise_shapes(self) -> tuple[tuple[int, int], ...]:
         return self.config.noise_shapes()
+
+
+FAMILY = Family(
+    name=StyleGAN2Config.architecture, title="StyleGAN2", generator=StyleGAN2, config=StyleGAN2Config,
+    presets=PRESETS, demo_preset="tiny_128",
+    files="NVIDIA's stylegan2-ada-pytorch network pickles, its TensorFlow stylegan2-*-config-f.pkl and "
+          "rosinality's checkpoints (--network)")

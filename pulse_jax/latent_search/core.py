@@ -1,6 +1,6 @@
 """The search for ONE image and ONE seed: its state, objective and step (vmapped in programs.py).
 
-Per step (shared/docs/pulse-reference.md, "Search loop"): w from the latent, generate, downscale,
+Per step (docs/pulse.md, "Search loop"): w from the latent, generate, downscale,
 losses, track the best, gradient, optimiser update, sphere projection.
 """
 
@@ -18,7 +18,7 @@ from pulse_jax.config import PulseConfig, RunOptions
 from pulse_jax.degrade import Degradation
 from pulse_jax.generators import Generator
 from pulse_jax.generators.layers import leaky_relu, standard_normal
-from pulse_jax.losses import geocross_loss, l1_loss, l2_loss, mse
+from pulse_jax.losses import LossInputs, mse, total_loss
 from pulse_jax.optim import SphereState, make_optimizer, sphere_init, sphere_project
 
 
@@ -76,12 +76,14 @@ class Spec:
 
 
 def make_spec(generator: Generator, config: PulseConfig, lr_size: int, options: RunOptions) -> Spec:
+    """The static half of one search (``options`` resolved): built once per search call."""
     n = len(generator.noise_shapes())
+    config.check_noise_options(n)
     return Spec(
         generator=generator, trainable=config.trainable_layers(n), zero=config.zero_layers(n),
         latent_rows=1 if config.tile_latent else generator.num_ws,
         terms=config.loss_terms(), eps=config.effective_eps, factor=generator.resolution // lr_size,
-        degradation=Degradation.parse(config.degradation),
+        degradation=config.degradation,
         opt_name=config.opt_name, learning_rate=float(config.learning_rate), lr_schedule=config.lr_schedule,
         steps=config.steps, precision=options.precision, remat=options.remat,
     )
@@ -114,15 +116,8 @@ def objective(params, fixed_noise, lr_image, mask, gen_params, fit, spec: Spec):
     lr_gen = d.apply(gen[None], spec.factor)[0]
     target = d.observe(lr_image[None])[0]
     weight = mask[..., None] if d.mask else None
-    total = jnp.zeros((), jnp.float32)
-    for weight_of_term, name in spec.terms:
-        if name == "L2":
-            term = l2_loss(lr_gen, target, spec.eps, weight)
-        elif name == "L1":
-            term = l1_loss(lr_gen, target, spec.eps, weight)
-        else:
-            term = geocross_loss(w)
-        total = total + weight_of_term * term
+    noise = tuple(all_noise(spec, params["noise"], fixed_noise))
+    total = total_loss(spec.terms, LossInputs(lr_gen, target, weight, spec.eps, w, noise))
     return total, mse(lr_gen, target, weight)
 
 

@@ -28,6 +28,14 @@ class SearchInit(NamedTuple):
     noise: Sequence[Any]
 
 
+class Chunk(NamedTuple):
+    """What ``on_chunk`` is given between chunks of steps."""
+
+    steps_done: int
+    state: SearchState                  # arrays (N, S, ...)
+    images: Callable[[], np.ndarray]    # -> (N, S, R, R, 3) of the current values, computed when called
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
     """Everything the search found, per image n and seed s. Nothing is dropped."""
@@ -81,11 +89,11 @@ def stored_noise_of(model: Model) -> tuple:
     return model.stored_noise
 
 
-def _checked_masks(config: PulseConfig, degradation, masks, lr_images):
+def _checked_masks(degradation, masks, lr_images):
     if not degradation.mask:
         return None
     if masks is None or tuple(np.shape(masks)) != lr_images.shape[:3]:
-        raise PulseJaxError(f"degradation {config.degradation!r} needs masks shaped {lr_images.shape[:3]}, "
+        raise PulseJaxError(f"degradation '{degradation}' needs masks shaped {lr_images.shape[:3]}, "
                             f"got {None if masks is None else tuple(np.shape(masks))}")
     masks = jnp.asarray(masks, jnp.float32)
     if not bool(jnp.all(jnp.any(masks > 0, axis=(1, 2)))):
@@ -95,7 +103,7 @@ def _checked_masks(config: PulseConfig, degradation, masks, lr_images):
 
 def search(model: Model, lr_images, config: PulseConfig | None = None, options: RunOptions | None = None, *,
            seeds: int = 1, key=None, init: SearchInit | None = None,
-           on_chunk: Callable[[int, SearchState], None] | None = None, seed_offset: int = 0,
+           on_chunk: Callable[[Chunk], None] | None = None, seed_offset: int = 0,
            masks=None) -> SearchResult:
     """Search S seeds for each of N low-resolution images.
 
@@ -109,8 +117,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         runs beside it.
       init: start values instead of random ones (SearchInit); without it, ``config.stored_noise`` starts
         the noise maps from the model's own (Model.stored_noise) and draws only the latents.
-      on_chunk: ``on_chunk(steps_done, state)`` between chunks of ``options.chunk_steps`` steps, for
-        progress and intermediates; the state's arrays are (N, S, ...).
+      on_chunk: ``on_chunk(chunk)`` between chunks of ``options.chunk_steps`` steps, for progress and
+        intermediates (a Chunk: steps done, the state's (N, S, ...) arrays, the current images on demand).
       seed_offset: the first seed's index, so that seeds split over several calls get the keys they would
         get in one.
       masks: (N, h, h), 1 where the input is known: needed with a degradation ending in "+mask".
@@ -126,7 +134,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     spec = make_spec(model.generator, config, lr_images.shape[1], options)
     check_inputs(model, lr_images, init, seeds, spec.latent_rows)
     spec.degradation.check(model.generator.resolution, lr_images.shape[1])
-    masks = _checked_masks(config, spec.degradation, masks, lr_images)
+    masks = _checked_masks(spec.degradation, masks, lr_images)
     started = time.perf_counter()
     keys = seed_keys(key, lr_images.shape[0], seeds, seed_offset)
     latent = noise = None
@@ -136,7 +144,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     elif config.stored_noise:
         noise = [jnp.broadcast_to(n, (lr_images.shape[0], seeds, *n.shape)) for n in stored_noise_of(model)]
     placement = choose_placement(lr_images.shape[0], seeds, options.shard, options.devices)
-    gen_params, fit = model.search_params(transposed_conv=options.transposed_conv), model.gaussian_fit
+    gen_params, fit = model.search_params(options.generator_options(model.generator)), model.gaussian_fit
     if placement is not None:
         placement.check_same_everywhere((lr_images, masks, jax.random.key_data(keys), latent, noise))
         keys, latent, noise = placement.examples((keys, latent, noise))
@@ -164,7 +172,9 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
             compile_seconds = time.perf_counter() - t0  # an upper bound: includes the first chunk's run
         done += n
         if on_chunk is not None:
-            on_chunk(done, programs.join_seeds(parts))
+            state = programs.join_seeds(parts)
+            on_chunk(Chunk(done, state, lambda state=state: np.asarray(
+                programs.images_of(spec, state.params, state.fixed_noise, gen_params, fit))))
     state = programs.join_seeds(parts)
     images = programs.images_of(spec, state.best_params, state.fixed_noise, gen_params, fit)
     noise_maps = all_noise(spec, state.params["noise"], state.fixed_noise)
@@ -180,12 +190,3 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         latent=host.params["latent"], noise=[np.asarray(x)[:, :, 0] for x in noise_maps],
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds,
     )
-
-
-def current_images(model: Model, config: PulseConfig, lr_size: int, state: SearchState,
-                   options: RunOptions | None = None) -> np.ndarray:
-    """(N, S, R, R, 3) images of a running search's current values (for --save-intermediate)."""
-    options = (options or RunOptions()).resolved()
-    spec = make_spec(model.generator, config, lr_size, options)
-    gen_params = model.search_params(transposed_conv=options.transposed_conv)
-    return np.asarray(programs.images_of(spec, state.params, state.fixed_noise, gen_params, model.gaussian_fit))

@@ -91,7 +91,7 @@ def compile_step_program(model, seeds: int, lr_size: int, options: RunOptions | 
     spec = make_spec(model.generator, PulseConfig(), lr_size, options)
     state = jax.eval_shape(lambda: init_states(spec, seed_keys(jax.random.key(0), 1, seeds), None, None))
     lr = jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32)
-    gen, fit = model.search_params(transposed_conv=options.transposed_conv), model.gaussian_fit
+    gen, fit = model.search_params(options.generator_options(model.generator)), model.gaussian_fit
     if options.step_loop == "device":
         return run_steps.lower(spec, state, jnp.int32(2), lr, None, gen, fit).compile()
     return run_one_step.lower(spec, state, lr, None, gen, fit).compile()

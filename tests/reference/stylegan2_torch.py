@@ -82,7 +82,7 @@ def mapping(sd, z, lr_mul=0.01):
 
 def _filter(x, pad):
     c = x.shape[1]
-    f = (4 * resample_filter())[None, None].repeat(c, 1, 1, 1)
+    f = (4 * resample_filter()).to(x.dtype)[None, None].repeat(c, 1, 1, 1)
     return F.conv2d(F.pad(x, pad), f, groups=c)
 
 
