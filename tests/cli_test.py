@@ -1,4 +1,6 @@
-"""pulse-jax upsample and demo, run as a user would (subprocess), on a converted random model."""
+"""pulse-jax upsample and demo as a user runs them: in a process of their own where the process matters
+(the README's demo, a folder run, Ctrl-C), else in this process through cli.main (the same code from
+the arguments on, without a process start per command)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from helpers import pulse_jax, start_python
+import pytest
+from helpers import pulse_jax, pulse_jax_here, start_python
 from PIL import Image
 
 from pulse_jax import cli
@@ -18,6 +21,7 @@ def write_png(path, size, seed, mode="RGB"):
     Image.fromarray(a).convert(mode).save(path)
 
 
+@pytest.mark.slow
 def test_upsample_folder_writes_every_input(micro_model_dir, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -54,13 +58,14 @@ def test_upsample_folder_writes_every_input(micro_model_dir, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_upsample_is_reproducible_per_file(micro_model_dir, tmp_path):
     """A file's result depends on the seed and its name, not on what else is in the batch."""
     write_png(tmp_path / "x.png", 8, 5)
     write_png(tmp_path / "y.png", 8, 6)
-    a = pulse_jax("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "a",
+    a = pulse_jax_here("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "a",
                   "--steps", "2", "--quiet")
-    b = pulse_jax("upsample", tmp_path / "y.png", tmp_path / "x.png", "--model", micro_model_dir,
+    b = pulse_jax_here("upsample", tmp_path / "y.png", tmp_path / "x.png", "--model", micro_model_dir,
                   "--out", tmp_path / "b", "--steps", "2", "--batch-size", "2", "--quiet")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     ia = np.asarray(Image.open(tmp_path / "a" / "x.png"), np.int16)
@@ -68,11 +73,12 @@ def test_upsample_is_reproducible_per_file(micro_model_dir, tmp_path):
     assert np.abs(ia - ib).max() <= 1  # batched vs alone: float32 rounding at most flips a rounding
 
 
+@pytest.mark.slow
 def test_every_run_option_is_a_flag_and_is_reported(micro_model_dir, tmp_path):
     write_png(tmp_path / "x.png", 8, 5)
-    r = pulse_jax("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "o", "--steps", "2",
-                  "--quiet", "--remat", "--step-loop", "device", "--chunk-steps", "1", "--shard", "off",
-                  "--devices", "1", "--transposed-conv", "dilated", "--precision", "default")
+    r = pulse_jax_here("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "o",
+                       "--steps", "2", "--quiet", "--remat", "--step-loop", "device", "--chunk-steps", "1",
+                       "--shard", "off", "--devices", "1", "--transposed-conv", "dilated", "--precision", "default")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     options = report["run_options"]
@@ -80,22 +86,23 @@ def test_every_run_option_is_a_flag_and_is_reported(micro_model_dir, tmp_path):
         == {"remat": True, "step_loop": "device", "chunk_steps": 1, "shard": False, "precision": "default"}
     assert options["generator"] == {"winograd": None, "transposed_conv": "dilated"}
     assert len(options["devices"]) == 1 and report["architecture"] == "stylegan1"
-    r = pulse_jax("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "o2",
+    r = pulse_jax_here("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "o2",
                   "--devices", "99")
     assert r.returncode == 2 and "--devices 99" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_user_errors_are_messages(tmp_path):
-    r = pulse_jax("upsample", tmp_path / "none.png", "--model", tmp_path, "--out", tmp_path / "o")
+    r = pulse_jax_here("upsample", tmp_path / "none.png", "--model", tmp_path, "--out", tmp_path / "o")
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     write_png(tmp_path / "x.png", 32, 0)
-    r = pulse_jax("upsample", tmp_path / "x.png", "--model", tmp_path, "--out", tmp_path / "o")
+    r = pulse_jax_here("upsample", tmp_path / "x.png", "--model", tmp_path, "--out", tmp_path / "o")
     assert r.returncode == 2 and "not a pulse-jax model directory" in r.stderr
-    r = pulse_jax("upsample", tmp_path / "x.png", "--model", tmp_path, "--out", tmp_path / "o", "--opt-name", "x")
+    r = pulse_jax_here("upsample", tmp_path / "x.png", "--model", tmp_path, "--out", tmp_path / "o", "--opt-name", "x")
     assert r.returncode == 2 and "--opt-name" in r.stderr and "invalid choice: 'x'" in r.stderr
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_without_weights(tmp_path):
     out = tmp_path / "demo"
     r = pulse_jax("demo", "--out", out, "--steps", "20", "--seeds", "2", "--quiet", "--degradation",
@@ -111,15 +118,16 @@ def test_demo_runs_without_weights(tmp_path):
     assert all(d > 0 for d in report["rms_difference_from_truth"])
 
 
+@pytest.mark.slow
 def test_align_then_upsample_a_real_photo(micro_model_dir, tmp_path):
     from skimage import data
 
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
-    r = pulse_jax("align", tmp_path / "astronaut.png", "--out", tmp_path / "faces", "--size", "32")
+    r = pulse_jax_here("align", tmp_path / "astronaut.png", "--out", tmp_path / "faces", "--size", "32")
     assert r.returncode == 0, r.stderr
     assert np.asarray(Image.open(tmp_path / "faces" / "astronaut_0.png")).shape == (32, 32, 3)
     out = tmp_path / "run"
-    r = pulse_jax("upsample", tmp_path / "astronaut.png", "--align", "--model", micro_model_dir, "--out", out,
+    r = pulse_jax_here("upsample", tmp_path / "astronaut.png", "--align", "--model", micro_model_dir, "--out", out,
                   "--steps", "2", "--quiet")
     assert r.returncode == 0, r.stderr
     assert (out / "aligned" / "astronaut_0.png").is_file() and (out / "astronaut_0.png").is_file()
@@ -129,21 +137,24 @@ def test_align_then_upsample_a_real_photo(micro_model_dir, tmp_path):
 
 def test_fit_degradation_and_mask(micro_model_dir, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "r.png")
-    r = pulse_jax("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "a", "--steps", "2")
+    r = pulse_jax_here("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "a",
+                       "--steps", "2")
     assert r.returncode == 1 and "PULSE needs a square input" in r.stderr
     mask = np.zeros((16, 16), np.uint8)
     mask[4:12, 4:12] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    r = pulse_jax("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "b", "--steps", "2",
-                  "--fit", "16", "--degradation", "gaussian:3+mask", "--mask", tmp_path / "mask.png", "--quiet")
+    r = pulse_jax_here("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "b",
+                       "--steps", "2", "--fit", "16", "--degradation", "gaussian:3+mask", "--mask",
+                       tmp_path / "mask.png", "--quiet")
     assert r.returncode == 0, r.stderr
     entry = json.loads((tmp_path / "b" / "report.json").read_text())["inputs"][0]
     assert entry["size"] == 16 and entry["degradation"] == "gaussian:3+mask"
-    r = pulse_jax("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "c", "--fit", "16",
-                  "--degradation", "box+mask")
+    r = pulse_jax_here("upsample", tmp_path / "r.png", "--model", micro_model_dir, "--out", tmp_path / "c",
+                       "--fit", "16", "--degradation", "box+mask")
     assert r.returncode == 2 and "needs a mask" in r.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_what_is_finished(micro_model_dir, tmp_path):
     """Interrupted after the first input: its outputs and report entry stay, the exit code says so."""
     import signal
@@ -173,8 +184,9 @@ def test_ctrl_c_keeps_what_is_finished(micro_model_dir, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_demo_with_a_model_directory(micro_model_dir, tmp_path):
-    r = pulse_jax("demo", "--model", micro_model_dir, "--out", tmp_path / "d", "--steps", "3", "--seeds", "2",
+    r = pulse_jax_here("demo", "--model", micro_model_dir, "--out", tmp_path / "d", "--steps", "3", "--seeds", "2",
                   "--size", "16", "--quiet")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "d" / "report.json").read_text())
@@ -185,8 +197,6 @@ def test_a_signal_sets_stop_and_a_second_one_interrupts():
     """In-process: the handler only sets the event (nothing JAX can swallow), says so, and is removed after."""
     import signal
     import threading
-
-    import pytest
 
     from pulse_jax.cli import stop_on_signals
 
@@ -263,13 +273,14 @@ def test_bad_flags_are_one_line_not_a_traceback(tiny_model_dir, tmp_path, capsys
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+@pytest.mark.slow
 def test_a_folder_says_what_it_skipped(micro_model_dir, tmp_path):
     d = tmp_path / "in"
     d.mkdir()
     write_png(d / "a.png", 16, 0)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "anim.gif")
     (d / "README").write_text("not an image")
-    r = pulse_jax("upsample", d, "--model", micro_model_dir, "--out", tmp_path / "o", "--steps", "1", "--quiet")
+    r = pulse_jax_here("upsample", d, "--model", micro_model_dir, "--out", tmp_path / "o", "--steps", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "skipped 1 file(s) that are not images by their name (README)" in r.stderr
     assert sorted(e["input"] for e in json.loads((tmp_path / "o" / "report.json").read_text())["inputs"]) == \

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import convert as run_cli
-from helpers import pulse_jax, save_checkpoint
+from helpers import convert_here, pulse_jax, save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import stylegan_torch as ref
@@ -18,6 +18,7 @@ import pulse_jax as pj
 from convert.__main__ import main as convert_main
 
 
+@pytest.mark.slow
 def test_cli_converts_and_reports(small_checkpoints, gaussian_fit, gaussian_fit_file, tmp_path):
     files = small_checkpoints["files"]
     out = tmp_path / "model"
@@ -51,7 +52,7 @@ def test_gaussian_fit_computed_from_mapping_matches_torch(small_checkpoints, tmp
 
 
 def test_no_mapping_no_fit_is_allowed_and_said(small_checkpoints, tmp_path):
-    r = run_cli("--synthesis", small_checkpoints["files"]["synthesis_legacy"], "--out", tmp_path / "m")
+    r = convert_here("--synthesis", small_checkpoints["files"]["synthesis_legacy"], "--out", tmp_path / "m")
     assert r.returncode == 0, r.stderr
     assert "no gaussian fit" in r.stderr
     assert pj.load_model(tmp_path / "m").gaussian_fit is None
@@ -59,7 +60,7 @@ def test_no_mapping_no_fit_is_allowed_and_said(small_checkpoints, tmp_path):
 
 def expect_refusal(path, tmp_path, *needles, flag="--synthesis"):
     out = tmp_path / "out"
-    r = run_cli(flag, path, *(["--synthesis", path] if flag != "--synthesis" else []), "--out", out)
+    r = convert_here(flag, path, *(["--synthesis", path] if flag != "--synthesis" else []), "--out", out)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     for needle in needles:
@@ -87,7 +88,7 @@ def test_wrong_mapping_is_named(tmp_path):
     msd = ref.random_mapping_state_dict()
     del msd["dense7.bias"]
     mapping = save_checkpoint(msd, tmp_path / "m.pt", "zip")
-    r = run_cli("--synthesis", synth, "--mapping", mapping, "--out", tmp_path / "o")
+    r = convert_here("--synthesis", synth, "--mapping", mapping, "--out", tmp_path / "o")
     assert r.returncode == 2 and "missing key dense7.bias" in r.stderr and not (tmp_path / "o").exists()
 
 
@@ -104,6 +105,7 @@ def test_pickle_that_is_not_a_state_dict(tmp_path):
     expect_refusal(path, tmp_path, "entry 'a' is a int")
 
 
+@pytest.mark.slow
 def test_file_that_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("these are not weights\n" * 10)
@@ -171,6 +173,7 @@ def test_pickle_that_carries_code_is_refused_without_running_it(tmp_path, fmt):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_pulse_jax_convert_subcommand(small_checkpoints, tmp_path):
     r = pulse_jax("convert", "--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", tmp_path / "m",
                   "--quiet")
@@ -191,10 +194,10 @@ def test_overwrite_never_deletes_the_inputs_or_a_folder_not_ours(small_checkpoin
     out.mkdir()
     synthesis = out / "synthesis.pt"
     synthesis.write_bytes(small_checkpoints["files"]["synthesis_zip"].read_bytes())
-    r = run_cli("--synthesis", synthesis, "--out", out, "--overwrite")
+    r = convert_here("--synthesis", synthesis, "--out", out, "--overwrite")
     assert r.returncode == 2 and "lies inside --out" in r.stderr and "Traceback" not in r.stderr
     (out / "notes.txt").write_text("mine")
-    r = run_cli("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", out, "--overwrite")
+    r = convert_here("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", out, "--overwrite")
     assert r.returncode == 2 and "not a pulse-jax model directory" in r.stderr
     assert synthesis.is_file() and (out / "notes.txt").read_text() == "mine"
 
@@ -202,8 +205,8 @@ def test_overwrite_never_deletes_the_inputs_or_a_folder_not_ours(small_checkpoin
 def test_unwritable_out_and_bad_sample_counts_are_messages(small_checkpoints, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    r = run_cli("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", a_file / "m")
+    r = convert_here("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--out", a_file / "m")
     assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    r = run_cli("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--mapping",
+    r = convert_here("--synthesis", small_checkpoints["files"]["synthesis_zip"], "--mapping",
                 small_checkpoints["files"]["mapping_zip"], "--gaussian-fit-samples", "1", "--out", tmp_path / "m")
     assert r.returncode == 2 and "at least 2" in r.stderr and not (tmp_path / "m").exists()

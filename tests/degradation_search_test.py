@@ -34,6 +34,7 @@ def blur_kernel(path):
 CASES = [("kernel:{k}", 32, 130), ("box+bayer:GRBG", 8, 40), ("bicubic+noise:0.05", 8, 90)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "size", "steps"), CASES)
 def test_search_from_a_generated_truth_reaches_the_implied_eps(micro, tmp_path, spec, size, steps):
     spec = spec.format(k=blur_kernel(tmp_path / "k.npy"))
@@ -51,6 +52,7 @@ def test_search_from_a_generated_truth_reaches_the_implied_eps(micro, tmp_path, 
     assert result.success[0].all(), f"{spec}: lowest MSE per seed {result.min_l2[0]}, eps {config.effective_eps}"
 
 
+@pytest.mark.slow
 def test_factor_one_runs_every_term(micro, tmp_path):
     """An input at the generator's resolution: pure denoising, deblurring, demosaicing; the loss falls."""
     truth = jnp.asarray(ground_truth(micro, jax.random.key(1000)))[None]

@@ -66,6 +66,7 @@ def write_inputs(folder: Path, count: int, size: int = 16) -> None:
         Image.fromarray(pixels).save(folder / f"face{i}.png")
 
 
+@pytest.mark.slow
 def test_cli_over_two_processes_equals_one_process(micro_model_dir, tmp_path):
     write_inputs(tmp_path / "in", 3)
     common = ["-m", "pulse_jax.cli", "upsample", str(tmp_path / "in"), "--model", str(micro_model_dir), "--seeds",
@@ -99,6 +100,7 @@ def test_cli_over_two_processes_equals_one_process(micro_model_dir, tmp_path):
     assert "3 already done" in again[0].stdout
 
 
+@pytest.mark.slow
 def test_a_failing_process_does_not_take_the_others_down(micro_model_dir, tmp_path):
     write_inputs(tmp_path / "in", 2)
     out = tmp_path / "out"
@@ -151,6 +153,7 @@ print("refused", group.index)
 """
 
 
+@pytest.mark.slow
 def test_search_as_one_program_over_two_processes():
     runs = run_processes(lambda i, address: ["-c", GLOBAL_SEARCH, address, str(i)], devices=2)
     for i, r in enumerate(runs):
@@ -158,6 +161,7 @@ def test_search_as_one_program_over_two_processes():
         assert f"global search ok {i}" in r.stdout and f"refused {i}" in r.stdout
 
 
+@pytest.mark.slow
 def test_distributed_outside_a_cluster_says_what_to_pass(tmp_path):
     clean = {k: v for k, v in env(1).items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_"))}
     r = pulse_jax("upsample", tmp_path, "--model", tmp_path, "--out", tmp_path / "out", "--distributed", env=clean,

@@ -4,6 +4,7 @@ the PyTorch references, a compile counter, and checkpoint writers. Fixtures live
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -62,6 +63,32 @@ def pulse_jax(*args, **kw) -> subprocess.CompletedProcess:
 def convert(*args, **kw) -> subprocess.CompletedProcess:
     """``python -m convert``."""
     return run_python("-m", "convert", *args, **kw)
+
+
+def _here(main, args) -> subprocess.CompletedProcess:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def pulse_jax_here(*args) -> subprocess.CompletedProcess:
+    """The ``pulse-jax`` command run in this process (``cli.main``): its exit status and what it printed,
+    without a process start and with this process's compiled programs. ``pulse_jax()`` where a real
+    process matters: signals, the huge-pages restart, a fresh interpreter."""
+    from pulse_jax import cli
+
+    return _here(cli.main, args)
+
+
+def convert_here(*args) -> subprocess.CompletedProcess:
+    """``python -m convert`` run in this process (see pulse_jax_here)."""
+    from convert.__main__ import main
+
+    return _here(main, args)
 
 
 # ---- parity -------------------------------------------------------------------------------------------

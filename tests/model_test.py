@@ -12,6 +12,7 @@ import pulse_jax as pj
 from pulse_jax.model import compute_gaussian_fit
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact(tmp_path):
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=3)
     fit = compute_gaussian_fit(model, num_samples=1000, batch_size=300)

@@ -56,6 +56,7 @@ def faces(tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_kill_rerun_other_settings_and_concurrent_runs(micro_model_dir, faces, tmp_path):
     out = tmp_path / "out"
     run = ["--model", micro_model_dir, "--out", out, "--quiet", "--steps", "300"]

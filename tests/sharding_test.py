@@ -3,6 +3,7 @@ but memory. Runs in a subprocess: the device count is fixed when jax starts."""
 
 from __future__ import annotations
 
+import pytest
 from helpers import command_env, run_python
 
 SCRIPT = r"""
@@ -46,6 +47,7 @@ print("done")
 """
 
 
+@pytest.mark.slow
 def test_sharded_search_equals_single_device():
     r = run_python("-c", SCRIPT, env=command_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"), timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr

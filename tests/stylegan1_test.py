@@ -120,6 +120,7 @@ def test_generator_gradients_match_reference(small_checkpoints):
         assert_float32_parity(ours, theirs32, theirs64)
 
 
+@pytest.mark.slow
 def test_prepared_for_search_is_the_same_function(small_checkpoints):
     """The search runs the generator with its kernels prepared once (scaled, upsampling convolutions as 2x2
     phase kernels, adjoints for the backward pass): the same images and the same gradients w.r.t. w and
@@ -172,6 +173,7 @@ def test_transposed_conv_forms_agree_with_torch():
         np.testing.assert_allclose(np.asarray(impl(jnp.asarray(x), jnp.asarray(k4), "highest")), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ffhq_1024_layout_matches_reference(tmp_path):
     """The real layer layout (18 layers, fused upsampling from 128), legacy cuda-tagged file as users have."""
     sd = ref.random_synthesis_state_dict(1024, 8192, 512, seed=3)
@@ -248,6 +250,7 @@ def test_bfloat16_mode_is_close_but_not_float32():
     assert 1e-4 < err.mean() < 5e-2
 
 
+@pytest.mark.slow
 def test_both_transposed_conv_forms_give_the_same_search(tiny):
     """RunOptions' StyleGAN v1 options reach the generator's preparation (not a module global): the fused
     upsampling as phases or dilated is the same function, so the first step's loss agrees to float32

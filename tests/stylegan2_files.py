@@ -4,7 +4,7 @@
   ``{G, D, G_ema, augment_pipe, training_set_kwargs}`` whose networks are persistent objects pickled as
   ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with ``module_src``, ``class_name`` and a
   ``state`` of ``_parameters`` / ``_buffers`` / ``_modules`` OrderedDicts, ``_init_kwargs`` EasyDicts and
-  numpy-scalar attributes: the globals a real file references (shared/docs/stylegan2-reference.md, 2).
+  numpy-scalar attributes: the globals a real file references (docs/formats.md, "NVIDIA's PyTorch network pickles").
 - ``write_rosinality``: ``torch.save({"g_ema": state_dict, "latent_avg": ...})`` with rosinality's names
   and conventions (section 3).
 

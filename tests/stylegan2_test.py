@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import stylegan2_files as files
 import torch
-from helpers import assert_float32_parity, assert_parity, counting_compiles, pulse_jax
-from helpers import convert as convert_cli
+from helpers import assert_float32_parity, assert_parity, convert_here, counting_compiles, pulse_jax_here
 from reference import pulse_torch
 from reference import stylegan2_torch as ref
 
@@ -102,6 +101,7 @@ def test_rosinality_checkpoint_gives_the_same_generator(small_sd, tmp_path):
     np.testing.assert_array_equal(np.asarray(model.w_avg), small_sd["mapping.w_avg"].numpy())
 
 
+@pytest.mark.slow
 def test_1024_config_f_layout(tmp_path):
     """NVIDIA's FFHQ layout (config-f: 1024 px, channel_base 32768, 512 channels up to 64 px)."""
     sd = ref.random_generator_state_dict(1024, 32768, 512, seed=5)
@@ -139,7 +139,7 @@ def test_code_in_a_network_pickle_never_runs(small_sd, tmp_path):
     assert digest in json.loads((out / "model.json").read_text())["source"]["module_src_sha256"]
     hostile = files.write_nvidia_pickle(tmp_path / "system.pkl", files.nvidia_generator(small_sd, 64, 1024, 32),
                                         extra={"augment_pipe": System(f"touch {trace}")})
-    r = convert_cli("--network", hostile, "--out", tmp_path / "m2", "--fit-samples", "100")
+    r = convert_here("--network", hostile, "--out", tmp_path / "m2", "--fit-samples", "100")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"{os.system.__module__}.system" in r.stderr and "refused" in r.stderr
     assert not trace.exists() and not (tmp_path / "m2").exists()
@@ -165,11 +165,11 @@ def test_damaged_files_are_refused_and_nothing_is_written(small_pickle, small_sd
         # the reader can see, and it is not an error.
     cut = tmp_path / "cut.pkl"
     cut.write_bytes(data[: len(data) // 2])
-    r = convert_cli("--network", cut, "--out", tmp_path / "o", "--fit-samples", "100")
+    r = convert_here("--network", cut, "--out", tmp_path / "o", "--fit-samples", "100")
     assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
     missing = files.write_rosinality(tmp_path / "missing.pt", small_sd, 64, drop="convs.3.noise.weight")
-    r = convert_cli("--network", missing, "--out", tmp_path / "o", "--fit-samples", "100")
+    r = convert_here("--network", missing, "--out", tmp_path / "o", "--fit-samples", "100")
     assert r.returncode == 2 and "convs.3.noise.weight" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
 
@@ -191,6 +191,7 @@ def test_stylegan3_is_named(small_sd, tmp_path):
         read_network(str(files.write_nvidia_pickle(tmp_path / "g.pkl", g)))
 
 
+@pytest.mark.slow
 def test_search_follows_the_torch_loop(small_sd, stylegan2_model_dir):
     """As search_test.test_short_run_follows_reference for StyleGAN v1 (same tolerances, same reasons:
     step 0 is one forward pass, rounding only; Adam's first update is almost lr * sign(g), so gradient
@@ -231,11 +232,12 @@ def test_search_follows_the_torch_loop(small_sd, stylegan2_model_dir):
     assert compiled == {}, compiled
 
 
+@pytest.mark.slow
 def test_demo_and_upsample_on_a_converted_stylegan2(stylegan2_model_dir, tmp_path):
     from PIL import Image
 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "f.png")
-    r = pulse_jax("upsample", tmp_path / "f.png", "--model", stylegan2_model_dir, "--out", tmp_path / "o",
+    r = pulse_jax_here("upsample", tmp_path / "f.png", "--model", stylegan2_model_dir, "--out", tmp_path / "o",
                   "--steps", "3", "--seeds", "2", "--quiet")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -243,6 +245,7 @@ def test_demo_and_upsample_on_a_converted_stylegan2(stylegan2_model_dir, tmp_pat
     assert Image.open(tmp_path / "o" / "f.png").size == (64, 64)
 
 
+@pytest.mark.slow
 def test_demo_runs_a_random_stylegan2(tmp_path):
     from pulse_jax.demo import run_demo
 
@@ -252,6 +255,7 @@ def test_demo_runs_a_random_stylegan2(tmp_path):
     assert (tmp_path / "d" / "sheet.png").is_file()
 
 
+@pytest.mark.slow
 def test_prepared_for_search_is_the_same_function():
     """The forms a search step uses (the demodulation's sums of squares, the upsampling's phase kernel,
     kernels' adjoints, Winograd's transforms where the CPU default picks them, as here: 256 channels at

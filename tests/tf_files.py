@@ -1,4 +1,4 @@
-"""Test fixtures: NVIDIA's TensorFlow-era network pickles (shared/docs/stylegan2-reference.md, section 4).
+"""Test fixtures: NVIDIA's TensorFlow-era network pickles (docs/formats.md, "NVIDIA's TensorFlow-era pickles").
 
 A real file is ``pickle.dump((G, D, Gs), f)`` (protocol 3, Python 3.6) of ``dnnlib.tflib.network.Network``
 objects, whose ``__getstate__`` gives ``{version, name, static_kwargs, components, build_module_src,

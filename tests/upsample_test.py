@@ -109,6 +109,7 @@ def test_what_did_not_fit_is_not_tried_again(micro, tmp_path, monkeypatch):
     assert sum("out of device memory" in m for m in said) == 1
 
 
+@pytest.mark.slow
 def test_save_intermediate_writes_the_search_of_each_input(micro, tmp_path):
     """One GIF per input from a batch of two, a frame per chunk of steps (steps=4: chunks of 1)."""
     inputs = mixed_folder(tmp_path)[:2]

@@ -1,4 +1,4 @@
-"""PyTorch reference of PULSE's search loop, written from shared/docs/pulse-reference.md.
+"""PyTorch reference of PULSE's search loop, written from docs/pulse.md.
 
 torch's own optimisers and LambdaLR, the spherical projection, the losses and
 the bicubic operator, over a batch of independent samples. Used by tests and

@@ -1,4 +1,4 @@
-"""A PyTorch StyleGAN2 ("skip", config-f / ADA) written from shared/docs/stylegan2-reference.md, section 1,
+"""A PyTorch StyleGAN2 ("skip", config-f / ADA) written from docs/stylegan.md, "StyleGAN2",
 over a flat state dict with NVIDIA's key names; every parameter and buffer random. The test reference."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PyTorch reference of PULSE's StyleGAN v1, written from shared/docs/pulse-reference.md.
+"""PyTorch reference of PULSE's StyleGAN v1, written from docs/stylegan.md, "StyleGAN v1".
 
 Independent of pulse_jax (NCHW, torch ops, the reference's own formulation of
 every layer), used only by tests and benchmarks. State dicts use the real key
