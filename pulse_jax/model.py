@@ -43,6 +43,13 @@ def _run_synthesis(generator: Generator, params: NetworkParams, w, noise, precis
     return generator.synthesize(params, w, noise, precision=precision)
 
 
+@functools.partial(jax.jit, static_argnames=("generator", "options"))
+def _prepare(generator: Generator, params: NetworkParams, options) -> NetworkParams:
+    """The preparation as one compiled program: run op by op, each of its many small operations was a
+    compile of its own (benchmarks/RESULTS.md, "Measurements behind the code")."""
+    return generator.prepare(params, options)
+
+
 @functools.partial(jax.jit, static_argnames=("generator", "precision"))
 def _run_mapping(generator: Generator, params: NetworkParams, z, precision):
     return generator.map(params, z, precision=precision)
@@ -120,7 +127,7 @@ class Model:
         ``options``: the family's SearchOptions (None: its defaults). One preparation per options, kept."""
         options = self.generator.SearchOptions() if options is None else options
         if options not in self._prepared:
-            self._prepared[options] = self.generator.prepare(self.synthesis, options)
+            self._prepared[options] = _prepare(self.generator, self.synthesis, options)
         return self._prepared[options]
 
     def synthesize(self, w, noise: Sequence, precision: str = "highest") -> jax.Array:
