@@ -77,14 +77,15 @@ def time_ours(model, seeds: int, reps: int, chunk: int, precision: str, remat: b
     lr = np.random.default_rng(0).random((1, LR_SIZE, LR_SIZE, 3), dtype=np.float32)
     marks = []
 
-    def on_chunk(done, state):
-        jax.block_until_ready(state)
+    def on_chunk(chunk_done):
+        jax.block_until_ready(chunk_done.state)
         marks.append(time.perf_counter())
         if len(marks) == 1:
             after_warmup()
 
     start = time.perf_counter()
-    options = pj.RunOptions(precision=precision, remat=remat, chunk_steps=chunk, transposed_conv=transposed_conv)
+    form = model.generator.SearchOptions(transposed_conv=transposed_conv)
+    options = pj.RunOptions(precision=precision, remat=remat, chunk_steps=chunk, generator=form)
     pj.search(model, lr, pj.PulseConfig(steps=chunk * (reps + 1)), options, seeds=seeds, key=jax.random.key(0),
               on_chunk=on_chunk)
     times = np.diff([start] + marks)

@@ -1,7 +1,8 @@
 """NVIDIA's stylegan2-ada-pytorch / stylegan3 network pickles, read without running anything from them.
 
-NVIDIA's loader execs the ``module_src`` every persistent object carries (shared/docs/stylegan2-reference.md,
-section 2). Here a restricted unpickler resolves only an allowlist of globals, each to a function of ours:
+NVIDIA's loader execs the ``module_src`` every persistent object carries (docs/formats.md, "NVIDIA's
+PyTorch network pickles"). Here a restricted unpickler resolves only an allowlist of globals, each to a
+function of ours:
 persistent objects become plain ``Persistent`` records (class name, state, the sha256 of their source,
 never executed), storages load through ``torch.load(weights_only=True)``, numpy scalars and dtypes are
 rebuilt from their bytes with object dtypes refused. Any other global is refused by name.

@@ -1,6 +1,6 @@
 """StyleGAN2 weights under NVIDIA's names -> our params trees; rosinality's names -> NVIDIA's.
 
-Small pure functions over ``{name: array}`` dicts (shared/docs/stylegan2-reference.md, sections 1-3).
+Small pure functions over ``{name: array}`` dicts (docs/stylegan.md, docs/formats.md).
 Every tensor of the generator is used or checked (the fixed filters are checked, not kept; the stored
 noise maps are kept apart from the params); every missing, unexpected or mis-shaped one is named.
 """

@@ -2,7 +2,7 @@
 
 Such a file is a pickle of ``dnnlib.tflib.network.Network`` objects whose state carries the source code
 that builds the network (``build_module_src``); NVIDIA's loader execs it on unpickling
-(shared/docs/stylegan2-reference.md, section 4). Here a restricted unpickler resolves ``Network`` to
+(docs/formats.md, "NVIDIA's TensorFlow-era pickles"). Here a restricted unpickler resolves ``Network`` to
 ``TFNetwork``, a plain record of the state (the source's sha256 kept, the source never run), arrays to
 numpy through a checked stand-in for numpy's own reconstruct (plain bytes of a numeric dtype only).
 ``ALLOWED`` joins nvidia_pickle's restricted unpickler (with the numpy scalars and dtypes it already

@@ -1,6 +1,6 @@
 """TF-era generators' variables -> our trees: StyleGAN v1 through PULSE's names, StyleGAN2 through NVIDIA's.
 
-shared/docs/stylegan2-reference.md, section 4. A table maps each TF variable name to the name it has in
+docs/formats.md, "NVIDIA's TensorFlow-era pickles". A table maps each TF variable name to the name it has in
 PULSE's (v1) or NVIDIA's PyTorch (v2) files and the transform between the layouts; the table is built
 from the architecture the file's ``static_kwargs`` describe, so that every missing, unexpected or
 mis-shaped variable is named as the TF file names it. The renamed arrays then take the paths the other

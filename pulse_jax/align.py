@@ -1,6 +1,6 @@
 """Face alignment as PULSE's reference does it: dlib's detector and 68 landmarks, the FFHQ crop.
 
-Recipe (shared/docs/pulse-reference.md, "Face alignment"): eye centres and mouth corners give an
+Recipe (docs/pulse.md, "Face alignment"): eye centres and mouth corners give an
 oriented square of side 2 * max(2 |eye_to_eye|, 1.8 |eye_to_mouth|) centred just below the eyes;
 shrink, crop with a border, reflect-pad with blur, quad-transform to 4096, resize to 1024, then our
 bicubic operator down to the chosen size. dlib comes from the optional extra ``align``.

@@ -14,9 +14,8 @@ from pulse_jax.latent_search import SearchResult, search
 from pulse_jax.model import Model
 
 # Examples (inputs x seeds) searched together per device by default. On a GPU throughput grows with them
-# up to about 32 at 1024 px (H200 float32: 90 seed-steps/s at 1, 130 at 8, 149 at 32, 154 at 64; H100
-# TF32: flat from 32 to 128; benchmarks/RESULTS.md); on a CPU it falls (1024 px: 1.06 seed-steps/s at 1
-# seed, 0.61 at 16), so a CPU searches one input at a time.
+# up to about 32 at 1024 px and is flat beyond; on a CPU it falls with the batch at 1024 px, so a CPU
+# searches one input at a time (the figures: benchmarks/RESULTS.md).
 EXAMPLES_PER_DEVICE = {"cpu": 1, "gpu": 32, "tpu": 32}
 
 

@@ -416,8 +416,7 @@ def _demo(args) -> int:
 
 def enable_compilation_cache() -> None:
     """Keep compiled searches in the user's cache folder: a warm start skips most of the compile
-    (measured at 1024 px: 9 s cold, 2.6 s warm on a 2-core CPU; 12.6 s / 2.9 s on an H200).
-    JAX_COMPILATION_CACHE_DIR, when set, is used instead."""
+    (benchmarks/RESULTS.md). JAX_COMPILATION_CACHE_DIR, when set, is used instead."""
     import jax
 
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -429,7 +428,7 @@ def enable_compilation_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] in (["upsample"], ["demo"]):
-        relaunch_with_huge_pages()  # 20-25% faster CPU search steps at 1024 px (host_memory.py)
+        relaunch_with_huge_pages()  # faster CPU search steps at 1024 px (host_memory.py)
     argv = sys.argv[1:] if argv is None else argv
     enable_compilation_cache()
     if argv and argv[0] == "convert":

@@ -65,7 +65,8 @@ def separable(images: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Arra
     """Apply (h', h) along the height and (w', w) along the width of (B, h, w, C): two float32 matmuls."""
     hi = jax.lax.Precision.HIGHEST
     # Width first: the order in which XLA:CPU lays out both products and their transposes without
-    # transposing the full-size image (11 vs 30 ms for the loss and its gradient at 1024 px).
+    # transposing the full-size image (the loss and its gradient about 3x faster: benchmarks/RESULTS.md,
+    # "Measurements behind the code").
     x = jnp.einsum("jw,bhwc->bhjc", jnp.asarray(cols), images, precision=hi)
     return jnp.einsum("ih,bhjc->bijc", jnp.asarray(rows), x, precision=hi)
 

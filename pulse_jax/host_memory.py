@@ -1,9 +1,9 @@
 """Large host buffers on transparent huge pages, so that a CPU search does not page-fault every step.
 
-XLA:CPU allocates each step's temporary buffer (0.8 GB at 1024 px, one seed) with malloc. glibc serves
-an allocation that large from a fresh ``mmap`` and unmaps it when it is freed, so every step faults in
-new 4 KiB pages: 195,000 faults and ~0.3 s of kernel time per step on the 2-core machine of
-benchmarks/RESULTS.md. glibc >= 2.35 can ask for transparent huge pages on those mappings (the
+XLA:CPU allocates each step's temporary buffer (most of a GB at 1024 px, one seed) with malloc. glibc
+serves an allocation that large from a fresh ``mmap`` and unmaps it when it is freed, so every step faults
+in new 4 KiB pages, a large part of a step's time in the kernel (benchmarks/RESULTS.md, the fifth
+session's CPU section). glibc >= 2.35 can ask for transparent huge pages on those mappings (the
 ``glibc.malloc.hugetlb=1`` tunable): 512x fewer faults, and memory is still given back as before. The
 tunable is read only when a process starts, so a command that wants it runs itself again with it set.
 """

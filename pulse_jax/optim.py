@@ -1,6 +1,6 @@
 """The reference's optimisers, learning-rate schedules and sphere projection, optax style.
 
-Each matches torch's formula exactly (shared/docs/pulse-reference.md, "Search loop").
+Each matches torch's formula exactly (docs/pulse.md, "One step").
 """
 
 from __future__ import annotations

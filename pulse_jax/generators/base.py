@@ -197,7 +197,7 @@ class FlaxGenerator(abc.ABC):
 
 def _random_network(generator: FlaxGenerator, network: str, seed: int) -> NetworkParams:
     """The module's random init as ONE compiled program: run op by op, every parameter's draw was its own
-    compile (~10 s for a 32 px generator on a 2-core CPU, paid by every demo and test process)."""
+    compile, paid by every demo and test process (benchmarks/RESULTS.md, "Measurements behind the code")."""
     graphdef, _ = _split_abstract(generator._module_maker(network))
     return NetworkParams(graphdef, _init_program(generator, network)(jax.random.key(seed)))
 
@@ -205,7 +205,7 @@ def _random_network(generator: FlaxGenerator, network: str, seed: int) -> Networ
 @functools.cache
 def _init_program(generator: FlaxGenerator, network: str):
     """One compile per architecture and network, the seed an argument: the same bits as nnx.Rngs(seed),
-    and a second random model of a config costs milliseconds, not the ~5-10 s compile again."""
+    and a second random model of a config costs milliseconds, not the compile again."""
     make = generator._module_maker(network)
     return jax.jit(lambda key: nnx.split(make(nnx.Rngs(key)))[1])
 

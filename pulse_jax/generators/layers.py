@@ -2,7 +2,7 @@
 
 Stored parameters are the checkpoint's numbers (only transposed to NHWC/HWIO);
 the run-time multipliers (``w_mul``, ``b_mul``) are applied here, as in the
-reference (shared/docs/pulse-reference.md, "Synthesis network").
+reference (docs/stylegan.md, "Shared pieces").
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def per_channel(v: jax.Array, ndim: int) -> jax.Array:
 
 def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """``jax.random.normal(key, shape, float32)``, the same bits, drawn flat and reshaped: XLA:CPU compiles
-    the multi-dimensional form of the (partitionable) threefry draw ~10x slower (2.7 s for a
-    (3, 3, 32, 16) draw on a 2-core CPU, 0.3 s flat), and every init and search start draws."""
+    the multi-dimensional form of the (partitionable) threefry draw far slower, and every init and search
+    start draws (benchmarks/RESULTS.md, "Measurements behind the code")."""
     return jax.random.normal(key, (math.prod(shape),), jnp.float32).reshape(shape)
 
 
@@ -67,8 +67,9 @@ class Prepared(nnx.Variable):
 
     ``prepare_for_search`` swaps the checkpoint's kernels for the forms each step uses, so that a step
     does not redo per-parameter work whose result never changes: on XLA:CPU, where each step is its own
-    compiled call, scaling every kernel and transposing it for the backward pass took ~95 ms of a 0.7 s
-    step at 1024 px (one seed). Same function, same numbers: only where they are computed moves.
+    compiled call, scaling every kernel and transposing it for the backward pass was a seventh of a step
+    (benchmarks/RESULTS.md, "Measurements behind the code"). Same function, same numbers: only where they
+    are computed moves.
     """
 
 
@@ -125,10 +126,9 @@ class Conv(nnx.Module):
 
 
 def use_winograd(res: int, channels: int) -> bool:
-    """Where Winograd's F(2x2, 3x3) beat XLA:CPU's own 3x3 convolution, one layer at a time (forward, ms,
-    2-core x86-64): 512 channels at 8 / 16 / 32 px 0.7 / 2.4 / 6.1 against 1.4 / 3.8 / 11.6; at 64 px
-    and 256 channels 8.1-8.9 against 9.9-10.8, at 128 px and 128 channels slower (11.1-17.0 vs 10.2-11.1).
-    Not measured on a GPU, where it is off."""
+    """Where Winograd's F(2x2, 3x3) beat XLA:CPU's own 3x3 convolution, one layer at a time: 512 channels at
+    8-32 px, 256 at 64 px; at 128 px and 128 channels it lost (benchmarks/RESULTS.md, "Measurements behind
+    the code"). Not measured on a GPU, where it is off by default."""
     return res <= 32 and channels >= 256
 
 
@@ -218,7 +218,7 @@ def conv_transpose_2x_dilated(x: jax.Array, k4: jax.Array, precision: str) -> ja
     A transposed convolution is a convolution of the 2x-dilated input with the
     spatially flipped kernel, padded by kernel - 1 - padding = 2 on each side.
     Three quarters of its products are with inserted zeros, and XLA:CPU runs it
-    ~10x slower than the phase form below.
+    several times slower than the phase form below (benchmarks/RESULTS.md).
     """
     (x, k), kw = matmul_operands(precision, x, k4[::-1, ::-1])
     return lax.conv_general_dilated(x, k, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
@@ -266,8 +266,8 @@ def _phase_conv(x: jax.Array, phases: jax.Array, precision: str) -> jax.Array:
 def _phase_conv_transpose(g: jax.Array, adjoint: jax.Array, precision: str) -> jax.Array:
     # The forward pass backwards: each phase of g back to its place on the (H+1, W+1) grid, then a 2x2
     # convolution with the adjoint kernel. An unpadded one would do, but XLA:CPU sends an unpadded 2x2
-    # convolution to YNNPACK, ~2x slower here than Eigen, which gets the padded one: pad by 1 and
-    # drop the first and last rows and columns of the result.
+    # convolution to YNNPACK, slower here than Eigen, which gets the padded one (benchmarks/RESULTS.md):
+    # pad by 1 and drop the first and last rows and columns of the result.
     b, h2, w2, o = g.shape
     h, w = h2 // 2, w2 // 2
     g = g.reshape(b, h, 2, w, 2, o)
@@ -311,7 +311,7 @@ def blur(x: jax.Array) -> jax.Array:
     XLA's depthwise convolutions are slow (jax-ml/jax#13800); shifted adds fuse instead.
     The filter is symmetric and zero-padded, so it is its own adjoint: the backward pass
     is the same one fused pass, where autodiff of the pads and slices would write three
-    padded copies of the gradient (17% fewer bytes per search step at 1024 px).
+    padded copies of the gradient (fewer bytes per search step: benchmarks/RESULTS.md).
     """
     return _blur_shifted_adds(x)
 
@@ -325,7 +325,7 @@ def instance_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     One pass over x for both moments, taken about each channel's first pixel: as exact as the textbook
     two passes (the variance is shift-invariant, and a shift near the mean keeps E[d^2] - E[d]^2 from
     cancelling; E[x^2] - E[x]^2 would be off by 1e-3 where a channel's mean is 100x its std), without
-    writing the centred copy that the second pass needs (11% fewer bytes per search step at 1024 px).
+    writing the centred copy that the second pass needs (fewer bytes per step: benchmarks/RESULTS.md).
     """
     shift = lax.stop_gradient(x[:, :1, :1])
     d = jnp.mean(x - shift, axis=(1, 2), keepdims=True)
@@ -352,7 +352,7 @@ class Epilogue(nnx.Module):
         style = self.style(w, precision)
         scale, shift = style[:, None, None, :c], style[:, None, None, c:]
         # (x - mean) * inv_std * (scale + 1) + shift, folded into one per-channel affine map: one pass
-        # over the activations instead of a centred copy, a normalised copy and a modulated one (13%
-        # fewer bytes per search step at 1024 px, benchmarks/RESULTS.md).
+        # over the activations instead of a centred copy, a normalised copy and a modulated one (fewer
+        # bytes per search step: benchmarks/RESULTS.md).
         gain = inv_std * (scale + 1.0)
         return x * gain + (shift - mean * gain)

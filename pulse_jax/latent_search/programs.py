@@ -27,8 +27,8 @@ def init_states(spec: Spec, keys, latent, noise) -> SearchState:
     """keys (N, S); latent (N, S, Lt, D) or None; noise: one (N, S, r, r) array per map, or None.
 
     A loop over the examples, not a vmap: the same draws (each key's own), but a vmapped draw is a
-    batched multi-dimensional threefry, which XLA:CPU compiles ~10x slower (layers.standard_normal):
-    5.3 s against 0.5 s here for a 32 px generator on a 2-core CPU, in every search's first call."""
+    batched multi-dimensional threefry, which XLA:CPU compiles far slower (layers.standard_normal), in
+    every search's first call (benchmarks/RESULTS.md, "Measurements behind the code")."""
     n, s = keys.shape
 
     def flat(tree):
@@ -54,8 +54,8 @@ def run_steps(spec: Spec, state: SearchState, num_steps, lr_images, masks, gen_p
 
     The barrier keeps XLA from hoisting work on the state's unchanging parts out of the loop: it
     multiplied each fixed noise map by its layer's per-channel weights once, before the loop, and kept
-    the C-times-larger products for the whole loop (at 1024 px, ~0.27 GB per seed, 40% more memory
-    than one step needs; each step then read them instead of the maps: more bytes, not fewer)."""
+    the C-times-larger products for the whole loop (at 1024 px 40% more memory than one step needs,
+    benchmarks/RESULTS.md; each step then read them instead of the maps: more bytes, not fewer)."""
     step = batched_step(spec)
     return jax.lax.fori_loop(
         0, num_steps, lambda _, s: step(jax.lax.optimization_barrier(s), lr_images, masks, gen_params, fit), state)
@@ -98,11 +98,10 @@ def compile_step_program(model, seeds: int, lr_size: int, options: RunOptions | 
 
 
 # On a CPU a step's temporary memory is allocated afresh at every call (XLA:CPU has no caching
-# allocator), and past a few GB the kernel's cost of handing out new memory rivals the step: at
-# 1024 px, 4 seeds in one call took 1.75 s on one step and 3.5 s on the next (2.6 s of it system time,
-# finding huge pages for the fresh 2.5 GB buffer), where 4 calls of one seed take 4 x 0.44 s. A CPU
-# gains nothing from a batch that big (a 1024 px seed already keeps every core busy), so the host loop
-# runs the seeds in groups of about this many output pixels per call.
+# allocator), and past a few GB the kernel's cost of handing out new memory rivals the step (at 1024 px
+# four seeds in one call were slower than four calls of one: benchmarks/RESULTS.md, "Measurements behind
+# the code"). A CPU gains nothing from a batch that big (a 1024 px seed already keeps every core busy),
+# so the host loop runs the seeds in groups of about this many output pixels per call.
 CPU_PIXELS_PER_CALL = 1024 * 1024
 
 
