@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.flag_types import path_arg
 
 
 def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
     p.add_argument("--gaussian-fit-samples", "--fit-samples", dest="gaussian_fit_samples", type=int,
                    default=1_000_000,
                    help="samples for computing the gaussian fit (default: 1,000,000, as the reference)")
-    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--out", required=True, type=path_arg, help="model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p

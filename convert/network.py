@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import nvidia_pickle, stylegan2, tf_pickle
+from convert import nvidia_pickle, stylegan2, tf_pickle, torch_scan
 from convert.converted import Converted
 from convert.nvidia_pickle import Persistent, flatten, read_network_pickle, records
 from convert.pulse import check_out
+from convert.record_fields import any_field, dict_field, float_field, int_field
 from convert.tf_stylegan import convert_tf_generator
 from convert.torch_io import load_state_dict
 from pulse_jax import pulse_format
@@ -68,6 +69,9 @@ def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
         g = top.get("G_ema", top.get("G"))
         if g is None:
             raise CheckpointError(f"{what}: holds {sorted(map(str, top))[:8]}, no G_ema or G generator")
+    elif isinstance(top, (list, tuple)):
+        raise CheckpointError(f"{what}: holds a {type(top).__name__} of {len(top)}, where NVIDIA's network pickles "
+                              "hold a dict (G, D, G_ema, ...)")
     else:
         g = top
     if not isinstance(g, Persistent) or g.class_name != "Generator":
@@ -80,11 +84,11 @@ def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
     if "input" in synthesis.modules() or any(name.startswith("L") and "_" in name for name in synthesis.modules()):
         raise CheckpointError(f"{what}: a StyleGAN3 generator (its synthesis starts from Fourier features): not "
                               f"supported; this pulse-jax reads {registry.known_files()}")
-    c_dim = int(kwargs.get("c_dim", g.state.get("c_dim", 0)) or 0)
+    c_dim = int_field(kwargs, "c_dim", any_field(g.state, "c_dim", 0, what) or 0, f"{what}: G", low=0)
     if c_dim > 0:
         raise CheckpointError(f"{what}: a conditional generator (c_dim {c_dim}: it needs a class label); "
                               "only unconditional generators are supported")
-    channels = int(kwargs.get("img_channels", g.state.get("img_channels", 3)))
+    channels = int_field(kwargs, "img_channels", any_field(g.state, "img_channels", 3, what), f"{what}: G", low=1)
     if channels != 3:
         raise CheckpointError(f"{what}: a generator of {channels}-channel images; only RGB (3) is supported")
     all_records = dict(records(g))
@@ -96,11 +100,14 @@ def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
                               "'skip' generator (config-f, ADA) is supported")
     layers = [r for name, r in all_records.items() if r.class_name in ("SynthesisLayer", "ToRGBLayer")]
     fcs = [r for name, r in all_records.items() if name.startswith("mapping.fc")]
-    synthesis_kwargs = dict(kwargs.get("synthesis_kwargs") or {})
+    synthesis_kwargs = dict_field(kwargs, "synthesis_kwargs", f"{what}: G")
+    clamp = {"conv_clamp": _setting(layers, "conv_clamp", what)}
     settings = {
-        "conv_clamp": _setting(layers, "conv_clamp", what),
-        "lr_multiplier": _setting(fcs, "lr_multiplier", what, 0.01),
-        "channel_base": synthesis_kwargs.get("channel_base"),
+        "conv_clamp": float_field(clamp, "conv_clamp", None, f"{what}: the synthesis layers", optional=True),
+        "lr_multiplier": float_field({"lr_multiplier": _setting(fcs, "lr_multiplier", what, 0.01)}, "lr_multiplier",
+                                     0.01, f"{what}: the mapping layers"),
+        "channel_base": None if synthesis_kwargs.get("channel_base") is None else int_field(
+            synthesis_kwargs, "channel_base", None, f"{what}: G.synthesis_kwargs", low=1),
     }
     if _setting(fcs, "activation", what, "lrelu") != "lrelu":
         raise CheckpointError(f"{what}: the mapping layers' activation is not lrelu: not supported")
@@ -117,6 +124,9 @@ def rosinality_generator(obj, what: str) -> tuple[dict, dict, dict]:
         keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{what}: a torch checkpoint without g_ema ({keys}): not a rosinality StyleGAN2 "
                               "checkpoint (for PULSE's synthesis.pt use --synthesis and --mapping)")
+    if not isinstance(obj["g_ema"], dict):
+        raise CheckpointError(f"{what}: g_ema is a {type(obj['g_ema']).__name__}, where a state dict of tensors "
+                              "belongs")
     if "latent_avg" not in obj:
         raise CheckpointError(f"{what}: no latent_avg beside g_ema: a rosinality checkpoint keeps both")
     g_ema = _arrays(obj["g_ema"], f"{what} g_ema")
@@ -128,6 +138,7 @@ def rosinality_generator(obj, what: str) -> tuple[dict, dict, dict]:
 def _load_torch(path: Path, what: str):
     import torch
 
+    torch_scan.scan(path, what)  # what it declares, checked before torch allocates it
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -149,13 +160,25 @@ def _is_tf(top) -> bool:
 
 
 def read_network(path: str) -> Converted:
-    """The generator in any of the files --network takes, in our terms."""
+    """The generator in any of the files --network takes, in our terms. What a file's records hold is
+    checked field by field where it is read; a record of a type no check foresaw still ends as one
+    CheckpointError naming the file, not a traceback."""
     file = Path(path)
     what = f"--network {path}"
     if not file.is_file():
-        raise CheckpointError(f"{what}: no such file")
+        raise CheckpointError(f"{what}: no such file" if not file.exists() else f"{what}: not a regular file")
     if file.stat().st_size == 0:
         raise CheckpointError(f"{what}: the file is empty")
+    try:
+        return _read_network(file, what)
+    except RecursionError:
+        raise CheckpointError(f"{what}: nested too deeply to be a network file") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{what}: a record of an unexpected type or shape ({type(e).__name__}: "
+                              f"{str(e)[:200]}); not a generator pulse-jax reads") from None
+
+
+def _read_network(file: Path, what: str) -> Converted:
     if file_kind(file) == "pickle":
         top = read_network_pickle(file, "--network", NETWORK_PICKLE_GLOBALS)
         if _is_tf(top):

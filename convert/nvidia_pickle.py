@@ -14,11 +14,14 @@ import collections
 import dataclasses
 import hashlib
 import io
+import math
 import pickle
 from pathlib import Path
 
 import numpy as np
 
+from convert import torch_scan
+from convert.record_fields import dict_field
 from pulse_jax.errors import CheckpointError
 
 
@@ -31,10 +34,10 @@ class Persistent:
     module_src_sha256: str
 
     def modules(self) -> dict:
-        return dict(self.state.get("_modules") or {})
+        return dict_field(self.state, "_modules", f"a {self.class_name} record")
 
     def init_kwargs(self) -> dict:
-        return dict(self.state.get("_init_kwargs") or {})
+        return dict_field(self.state, "_init_kwargs", f"a {self.class_name} record")
 
 
 class EasyDict(dict):
@@ -45,6 +48,8 @@ def _persistent(meta) -> Persistent:
     if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
         raise CheckpointError("a persistent object's record is not {type, version, module_src, class_name, state}")
     source = meta.get("module_src", "")
+    if not isinstance(source, (str, bytes)):
+        raise CheckpointError(f"a persistent object's module_src is a {type(source).__name__}, not source text")
     digest = hashlib.sha256(source.encode() if isinstance(source, str) else bytes(source)).hexdigest()
     return Persistent(str(meta.get("class_name")), meta["state"], digest)
 
@@ -54,7 +59,13 @@ def _load_storage(data: bytes):
 
     if not isinstance(data, (bytes, bytearray)):
         raise CheckpointError("a tensor storage is not stored as bytes")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    torch_scan.scan(bytes(data), "a tensor storage")  # its declared size, checked before torch allocates it
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"a tensor storage was refused: it holds objects other than a storage and may carry "
+                              f"code (torch said: {first[:200]}); nothing from it ran") from None
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
@@ -62,6 +73,16 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
 
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise CheckpointError(f"a tensor's storage is a {type(storage).__name__}")
+    if not (isinstance(offset, int) and isinstance(size, (tuple, torch.Size)) and isinstance(stride, tuple)
+            and len(size) == len(stride) and all(isinstance(n, int) and n >= 0 for n in (offset, *size, *stride))):
+        raise CheckpointError(f"a tensor with a malformed size or stride ({size!r}, {stride!r}) was refused")
+    n = math.prod(size)
+    reach = offset + sum((s - 1) * t for s, t in zip(size, stride, strict=True))
+    elements = storage.size() if isinstance(storage, torch.TypedStorage) else storage.nbytes()
+    if n > torch_scan.MAX_TENSOR_ELEMENTS or (n and reach >= elements):
+        raise CheckpointError(f"a tensor of size {list(size)} (stride {list(stride)}) over a storage of {elements:,} "
+                              "elements was refused before it was made (larger than any generator's tensor, or "
+                              "reaching past its storage)")
     return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, collections.OrderedDict())
 
 
@@ -131,13 +152,18 @@ def read_network_pickle(path: Path, what: str, allowed: dict | None = None):
                               f"{str(e).strip()[:200]}); the file may be truncated or damaged") from None
 
 
+MAX_DEPTH = 32  # submodules within submodules: a generator is a few levels deep
+
+
 def flatten(record: Persistent, prefix: str = "") -> dict:
     """Every parameter and buffer of a network record and its submodules, under their dotted names."""
+    if prefix.count(".") > MAX_DEPTH:
+        raise CheckpointError(f"submodule {prefix[:80]}...: nested more than {MAX_DEPTH} deep: not a generator")
     out = {}
     for kind in ("_parameters", "_buffers"):
-        for name, value in (record.state.get(kind) or {}).items():
+        for name, value in dict_field(record.state, kind, f"{prefix or 'the network'}").items():
             if value is not None:
-                out[prefix + name] = value
+                out[prefix + str(name)] = value
     for name, sub in record.modules().items():
         if isinstance(sub, Persistent):
             out.update(flatten(sub, f"{prefix}{name}."))
@@ -148,6 +174,8 @@ def flatten(record: Persistent, prefix: str = "") -> dict:
 
 def records(record: Persistent, prefix: str = ""):
     """(dotted name, record) of the network and every submodule."""
+    if prefix.count(".") > MAX_DEPTH:
+        raise CheckpointError(f"submodule {prefix[:80]}...: nested more than {MAX_DEPTH} deep: not a generator")
     yield prefix.rstrip("."), record
     for name, sub in record.modules().items():
         if isinstance(sub, Persistent):

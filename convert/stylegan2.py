@@ -18,6 +18,13 @@ from pulse_jax.generators.stylegan2 import UP_FILTER, StyleGAN2Config
 FILTER = UP_FILTER / 4.0  # NVIDIA's stored resample_filter: outer([1, 3, 3, 1]) / 64
 
 
+def _leading_dim(sd: dict[str, np.ndarray], key: str, what: str) -> int:
+    shape = np.shape(sd[key])
+    if len(shape) < 2:
+        raise CheckpointError(f"{what}: {key} has shape {list(shape)}, where a weight matrix or kernel belongs")
+    return int(shape[0])
+
+
 def config_from_state(sd: dict[str, np.ndarray], what: str, *, conv_clamp=None, channel_base=None,
                       lr_multiplier: float = 0.01) -> StyleGAN2Config:
     """The architecture the shapes say (resolution, channels, mapping depth); settings no shape shows
@@ -33,8 +40,8 @@ def config_from_state(sd: dict[str, np.ndarray], what: str, *, conv_clamp=None, 
         layers += 1
     if layers == 0:
         raise CheckpointError(f"{what}: no mapping.fc0.weight: the mapping network is missing")
-    w_dim = int(sd["mapping.fc0.weight"].shape[0])
-    chans = {r: int(sd[f"synthesis.b{r}.conv1.weight"].shape[0]) for r in blocks
+    w_dim = _leading_dim(sd, "mapping.fc0.weight", what)
+    chans = {r: _leading_dim(sd, f"synthesis.b{r}.conv1.weight", what) for r in blocks
              if f"synthesis.b{r}.conv1.weight" in sd}
     if len(chans) != len(blocks):
         raise CheckpointError(f"{what}: missing conv1 weights in blocks {[r for r in blocks if r not in chans]}")
@@ -46,7 +53,7 @@ def config_from_state(sd: dict[str, np.ndarray], what: str, *, conv_clamp=None, 
                                  dlatent_size=w_dim, mapping_layers=layers,
                                  mapping_lr_multiplier=float(lr_multiplier),
                                  conv_clamp=None if conv_clamp is None else float(conv_clamp))
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{what}: unsupported architecture ({e})") from None
     wrong = {r: c for r, c in chans.items() if config.channels(r) != c}
     if wrong:

@@ -16,6 +16,7 @@ import numpy as np
 
 from convert import stylegan2
 from convert.converted import Converted
+from convert.record_fields import float_field, int_field
 from convert.tf_pickle import TFGenerator
 from pulse_jax import pulse_format
 from pulse_jax.errors import CheckpointError
@@ -97,11 +98,11 @@ def _take_lod(found: dict[str, np.ndarray], name: str, what: str) -> None:
 
 
 def _conditional_or_not_rgb(kwargs: dict, what: str) -> None:
-    labels = int(_setting(kwargs, "label_size", 0) or 0)
+    labels = int_field(kwargs, "label_size", 0, what, low=0)
     if labels:
         raise CheckpointError(f"{what}: a conditional generator (label_size {labels}: it needs a class label); "
                               "only unconditional generators are supported")
-    channels = int(_setting(kwargs, "num_channels", 3))
+    channels = int_field(kwargs, "num_channels", 3, what, low=1)
     if channels != 3:
         raise CheckpointError(f"{what}: a generator of {channels}-channel images; only RGB (3) is supported")
 
@@ -117,15 +118,15 @@ def checked_settings(g: TFGenerator, supported: dict, family: str, what: str) ->
 def architecture(config_class, what: str, **settings):
     try:
         return config_class(**settings)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{what}: unsupported architecture ({e})") from None
 
 
 def mapping_width(kwargs: dict, what: str) -> int:
     """w's size; z and the mapping's hidden layers must have it too (both families build them so)."""
-    d = int(_setting(kwargs, "dlatent_size", 512))
+    d = int_field(kwargs, "dlatent_size", 512, what, low=1)
     for name in ("latent_size", "mapping_fmaps"):
-        if int(_setting(kwargs, name, 512)) != d:
+        if int_field(kwargs, name, 512, what, low=1) != d:
             raise CheckpointError(f"{what}: {name} {_setting(kwargs, name, 512)} differs from dlatent_size {d}: "
                                   "a mapping network pulse-jax does not build")
     return d
@@ -184,9 +185,9 @@ def _drop_lower_lods(found: dict[str, np.ndarray], config: StyleGANConfig) -> No
 
 def stylegan1_from_tf(g: TFGenerator, what: str) -> Converted:
     kwargs, d = checked_settings(g, V1_SUPPORTED, "StyleGAN", what)
-    config = architecture(StyleGANConfig, what, resolution=int(_setting(kwargs, "resolution", 1024)),
-                          fmap_base=int(_setting(kwargs, "fmap_base", 8192)),
-                          fmap_max=int(_setting(kwargs, "fmap_max", 512)), dlatent_size=d)
+    config = architecture(StyleGANConfig, what, resolution=int_field(kwargs, "resolution", 1024, what, low=1),
+                          fmap_base=int_field(kwargs, "fmap_base", 8192, what, low=1),
+                          fmap_max=int_field(kwargs, "fmap_max", 512, what, low=1), dlatent_size=d)
     found = variables(g, V1_SYNTHESIS, V1_MAPPING)
     _take_lod(found, V1_SYNTHESIS + "lod", what)
     _drop_lower_lods(found, config)
@@ -247,12 +248,12 @@ def stylegan2_from_tf(g: TFGenerator, what: str) -> Converted:
                               "StyleGAN2 paper): not supported; pulse-jax reads the 'skip' generator (config-e, "
                               "config-f: every file on NVIDIA's StyleGAN2 page)")
     kwargs, d = checked_settings(g, V2_SUPPORTED, "StyleGAN2", what)
-    config = architecture(StyleGAN2Config, what, resolution=int(_setting(kwargs, "resolution", 1024)),
-                          channel_base=2 * int(_setting(kwargs, "fmap_base", 16384)),
-                          channel_max=int(_setting(kwargs, "fmap_max", 512)), dlatent_size=d,
-                          mapping_layers=int(_setting(kwargs, "mapping_layers", 8)),
-                          mapping_lr_multiplier=float(_setting(kwargs, "mapping_lrmul", 0.01)))
-    fmap_min = int(_setting(kwargs, "fmap_min", 1))
+    config = architecture(StyleGAN2Config, what, resolution=int_field(kwargs, "resolution", 1024, what, low=1),
+                          channel_base=2 * int_field(kwargs, "fmap_base", 16384, what, low=1),
+                          channel_max=int_field(kwargs, "fmap_max", 512, what, low=1), dlatent_size=d,
+                          mapping_layers=int_field(kwargs, "mapping_layers", 8, what, low=1),
+                          mapping_lr_multiplier=float_field(kwargs, "mapping_lrmul", 0.01, what))
+    fmap_min = int_field(kwargs, "fmap_min", 1, what, low=1)
     if any(config.channels(r) < fmap_min for r in config.block_resolutions()):
         raise CheckpointError(f"{what}: fmap_min {fmap_min} raises some blocks' channels: not supported")
     _take_lod(found, V2_SYNTHESIS + "lod", what)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convert import torch_scan
 from pulse_jax.errors import CheckpointError
 
 
@@ -25,6 +26,7 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{what} {path}: no such file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{what} {path}: the file is empty")
+    torch_scan.scan(path, f"{what} {path}")  # what it declares, checked before torch allocates it
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

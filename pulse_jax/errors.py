@@ -10,3 +10,8 @@ class PulseJaxError(Exception):
 
 class CheckpointError(PulseJaxError):
     """A checkpoint or model directory that cannot be used as it is."""
+
+
+class DiskFull(PulseJaxError):
+    """A write failed for want of space: every later write would too, so a run stops (keeping what it
+    finished) rather than fail its inputs one by one."""

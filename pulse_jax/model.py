@@ -9,12 +9,16 @@ leaves a half-written model under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,9 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pulse_jax.errors import CheckpointError, PulseJaxError
+from pulse_jax.errors import CheckpointError, DiskFull, PulseJaxError
 from pulse_jax.generators import Generator, NetworkParams, StyleGANConfig, generator_for, generator_from_dict
-from pulse_jax.safe_files import atomic_write_bytes, os_error, staging_dir
+from pulse_jax.safe_files import (
+    TEMP_MARK,
+    atomic_write_bytes,
+    exchange,
+    os_error,
+    remove_stale_temporaries,
+    staging_dir,
+    writer_is_gone,
+)
 from pulse_jax.tree_check import check_finite
 
 FORMAT_NAME = "pulse-jax-model"
@@ -195,22 +207,40 @@ def params_checksum(tree) -> str:
     return h.hexdigest()
 
 
+def _model_json(path: Path) -> dict | None:
+    """model.json of a model directory of ours (read only if it is a small regular file: a FIFO would block)."""
+    file = path / MODEL_JSON
+    try:
+        if file.is_symlink() or not file.is_file() or file.stat().st_size > 16 * 2**20:
+            return None
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME else None
+
+
 def is_model_directory(path: Path) -> bool:
     """A folder this program wrote: our model.json and nothing but what save_model puts there."""
-    try:
-        meta = json.loads((path / MODEL_JSON).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+    return _model_json(path) is not None
 
 
 def _replaceable(directory: Path) -> None:
-    """--overwrite replaces only a model directory of ours, holding only what we wrote."""
-    if not directory.is_dir() or not is_model_directory(directory):
+    """--overwrite replaces only a model directory of ours, holding only what we wrote: model.json and the
+    parameter files its manifest lists, nothing else at any depth."""
+    meta = _model_json(directory) if directory.is_dir() and not directory.is_symlink() else None
+    if meta is None:
         raise PulseJaxError(f"{directory} exists and is not a pulse-jax model directory (it has no model.json "
                             "of ours); --overwrite only replaces a model directory this program wrote: choose "
                             "another --out")
-    others = sorted(p.name for p in directory.iterdir() if p.name not in (MODEL_JSON, PARAMS_DIR))
+    manifest = meta.get("files")
+    if not isinstance(manifest, dict):
+        raise PulseJaxError(f"{directory} was written by an older pulse-jax, whose model.json does not list its "
+                            "files: --overwrite cannot tell them from yours; delete it yourself, or choose another "
+                            "--out")
+    ours = {PARAMS_DIR, MODEL_JSON} | {f"{PARAMS_DIR}/{rel}" for rel in manifest}
+    ours |= {f"{PARAMS_DIR}/{parent}" for rel in manifest for parent in map(str, Path(rel).parents) if parent != "."}
+    others = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                    if p.relative_to(directory).as_posix() not in ours)
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise PulseJaxError(f"{directory} holds files that are not part of the model ({shown}); replacing it would "
@@ -225,6 +255,11 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
+    try:
+        recover_interrupted(directory)
+        remove_stale_temporaries(directory.parent)  # what killed conversions left there
+    except OSError as e:
+        raise os_error(directory, e) from None
     if directory.exists() or directory.is_symlink():
         if not overwrite:
             raise PulseJaxError(f"{directory} already exists; choose another --out or pass --overwrite")
@@ -240,30 +275,57 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
     }
     if source is not None:
         meta["source"] = source
+    _check_room(directory, sum(a.nbytes for a in jax.tree_util.tree_leaves(tree)))
     staging = staging_dir(directory)
     old = None
     try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(staging / PARAMS_DIR, tree)
-        checkpointer.wait_until_finished()
-        checkpointer.close()
+        with _orbax_failures_quiet():
+            checkpointer = ocp.StandardCheckpointer()
+            try:
+                checkpointer.save(staging / PARAMS_DIR, tree)
+                checkpointer.wait_until_finished()
+            finally:  # also after a failed write: an unclosed one prints asyncio tracebacks at exit
+                checkpointer.close()
         meta["files"] = params_manifest(staging / PARAMS_DIR)
         atomic_write_bytes(staging / MODEL_JSON, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
-        if directory.exists():
-            old = staging_dir(directory)  # a fresh, empty name: the old model moves there, then goes
-            os.replace(directory, old)
-        os.replace(staging, directory)
+        if directory.exists() and exchange(staging, directory):
+            old, staging = staging, None  # the old model now lies at the staging name: it goes
+        else:
+            if directory.exists():  # no swap in one step here: the old model moves aside, the new one in
+                old = staging_dir(directory)
+                os.replace(directory, old)
+            os.replace(staging, directory)
+            staging = None
     except OSError as e:
         raise os_error(directory, e) from None
     except Exception as e:
         if isinstance(e, PulseJaxError) or not _is_write_failure(e):
             raise
-        raise PulseJaxError(f"cannot write {directory}: {type(e).__name__}: {str(e)[:300]} (a full disk or a "
-                            "read-only folder?)") from None
+        if _is_disk_full(e):
+            raise DiskFull(f"cannot write {directory}: the disk is full (free space or choose another --out); "
+                           "nothing was replaced") from None
+        raise PulseJaxError(f"cannot write {directory}: {type(e).__name__}: {str(e)[:300]} (a read-only "
+                            "folder?); nothing was replaced") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def recover_interrupted(directory: Path) -> Path | None:
+    """A conversion killed between moving the old model aside and the new one in (where the two could not
+    be swapped in one step) leaves --out missing and a whole model under a hidden name of a dead writer:
+    put the newest such model back under its name."""
+    if directory.exists() or directory.is_symlink() or not directory.parent.is_dir():
+        return None
+    left = [p for p in directory.parent.iterdir() if p.name.startswith(f".{directory.name}{TEMP_MARK}")
+            and writer_is_gone(p.name) and p.is_dir() and is_model_directory(p)]
+    if not left:
+        return None
+    newest = max(left, key=lambda p: (p / MODEL_JSON).stat().st_mtime_ns)
+    os.replace(newest, directory)
     return directory
 
 
@@ -300,13 +362,68 @@ def check_manifest(directory: Path, manifest) -> None:
                               "the files are damaged or were changed; convert the checkpoints again")
 
 
+# Room asked for beyond the arrays' bytes: orbax's metadata and the manifest (a few KB per array).
+ROOM_MARGIN = 1.05
+ROOM_EXTRA_BYTES = 4 << 20
+
+
+def _check_room(directory: Path, nbytes: int) -> None:
+    """Refuse before writing when the disk cannot hold the model: orbax's own full-disk failure comes as
+    tracebacks from its threads."""
+    try:
+        free = shutil.disk_usage(directory.parent).free
+    except OSError:
+        return  # the folder's own errors are said where it is written
+    need = int(nbytes * ROOM_MARGIN) + ROOM_EXTRA_BYTES
+    if free < need:
+        raise DiskFull(f"cannot write {directory}: the disk is full ({free / 1e6:.1f} MB free, the model needs "
+                       f"{need / 1e6:.1f} MB): free space or choose another --out")
+
+
+@contextlib.contextmanager
+def _orbax_failures_quiet():
+    """A failed orbax write or read logs the failure from each of its threads, and its storage threads,
+    finishing after orbax closed their event loop, report 'Event loop is closed' through
+    sys.unraisablehook (dozens of tracebacks for one full disk). The failure itself reaches the caller as
+    one exception, said once: meanwhile orbax's loggers keep quiet; those late loop reports are dropped
+    from then on."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    previous = sys.unraisablehook
+
+    def drop_closed_loop_reports(report):
+        if not (isinstance(report.exc_value, RuntimeError) and "Event loop is closed" in str(report.exc_value)):
+            previous(report)
+
+    sys.unraisablehook = drop_closed_loop_reports
+    try:
+        yield
+    except BaseException:
+        raise  # the hook stays: the late reports come after the failure
+    else:
+        sys.unraisablehook = previous
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _chain(e: BaseException | None):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """orbax (tensorstore) reports a full disk as a ValueError whose text carries the errno."""
+    return any((isinstance(x, OSError) and x.errno == errno.ENOSPC) or "No space left on device" in str(x)
+               for x in _chain(e))
+
+
 def _is_write_failure(e: BaseException) -> bool:
     """orbax wraps the OSError of a failed write in its own types: find it in the chain."""
-    while e is not None:
-        if isinstance(e, OSError):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    return _is_disk_full(e) or any(isinstance(x, OSError) for x in _chain(e))
 
 
 def read_model_json(directory: Path) -> dict:
@@ -360,11 +477,12 @@ def load_model(directory: str | os.PathLike) -> Model:
         # failed must not wait on it (orbax otherwise synchronises every process around a restore).
         me = jax.process_index()
         alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-        checkpointer = ocp.StandardCheckpointer(multiprocessing_options=alone)
-        try:
-            tree = checkpointer.restore(directory / PARAMS_DIR, expected)
-        finally:  # also after a failed read: an unclosed one prints asyncio tracebacks at exit
-            checkpointer.close()
+        with _orbax_failures_quiet():
+            checkpointer = ocp.StandardCheckpointer(multiprocessing_options=alone)
+            try:
+                tree = checkpointer.restore(directory / PARAMS_DIR, expected)
+            finally:  # also after a failed read: an unclosed one prints asyncio tracebacks at exit
+                checkpointer.close()
     except Exception as e:  # orbax raises many types for damaged or mismatched files
         raise CheckpointError(
             f"could not read the parameters in {directory / PARAMS_DIR} ({type(e).__name__}: "

@@ -13,7 +13,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from pulse_jax.errors import PulseJaxError
+from pulse_jax.errors import DiskFull, PulseJaxError
 
 TEMP_MARK = ".pulse-jax-tmp-"  # in the name of every temporary file or folder we make, and only ours
 _HOST = socket.gethostname().replace("-", "_").replace(".", "_")
@@ -49,7 +49,8 @@ def os_error(path: Path, e: OSError, doing: str = "write") -> PulseJaxError:
         hint = "a file is in the way where a folder is needed: choose another folder"
     else:
         hint = "check the path"
-    return PulseJaxError(f"cannot {doing} {path}: {e.strerror or e} ({hint})")
+    kind = DiskFull if e.errno == errno.ENOSPC else PulseJaxError
+    return kind(f"cannot {doing} {path}: {e.strerror or e} ({hint})")
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -81,6 +82,34 @@ def staging_dir(final: Path) -> Path:
     except OSError as e:
         raise os_error(final, e) from None
     return staging
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux's renameat2 with RENAME_EXCHANGE): at no moment is either missing.
+    False where the system or the filesystem cannot (the caller then renames in two steps)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def writer_is_gone(name: str) -> bool:
+    return _writer_is_gone(name)
 
 
 def _writer_is_gone(name: str) -> bool:
