@@ -1,17 +1,22 @@
 """Files in -> search -> files out: the orchestration behind ``pulse-jax upsample``.
 
-Inputs are read (inputs.py: a bad one is reported and skipped; the rest still run), grouped by size
-and colour, batched and searched (batching.py), and what each finished batch leaves is written
-(reports.py). Nothing is written half-way; tests call this without a shell.
+Inputs are listed (inputs.py: a bad one is reported and skipped; the rest still run), grouped by size and
+colour, batched and searched (batching.py); while the next batch searches, a background writer
+(writer.py) writes what the last one found, and each input is recorded in the run journal (journal.py)
+once its files are whole. report.json and index.html are made from the journal (reports.py). Nothing is
+written half-way; tests call this without a shell.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
+import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -24,23 +29,25 @@ from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import save_gif, save_png, to_uint8
 from pulse_jax.inputs import InputImage, printable, read_inputs
 from pulse_jax.job import OutputOptions, UpsampleJob
+from pulse_jax.journal import Journal, journal_name, journal_paths, read_journals
 from pulse_jax.progress import Progress, seed_step_progress
 from pulse_jax.reports import (
+    INDEX_PATTERN,
     REPORT_NAME,
+    IndexWriter,
     best_seed,
+    build_report,
     entry_paths,
     folder_lock,
-    load_previous,
-    merge_into_report,
-    merge_parts,
+    is_ours,
+    legacy_entries,
     outputs_exist,
-    part_name,
-    remove_parts,
     seed_entries,
-    write_index,
+    write_report,
     write_sheet,
 )
 from pulse_jax.safe_files import check_writable_folder, remove_stale_temporaries
+from pulse_jax.writer import OutputWriter
 
 ALONE = ProcessGroup()
 
@@ -73,12 +80,22 @@ class _Run:
     check_stop: Callable[[], None]
     log: Callable[[str], None]
     limit: MemoryLimit
+    writer: OutputWriter
+    commit_written: Callable[[], None]  # record what the writer finished (between chunks of steps too)
+    misses: Iterator[int] = dataclasses.field(default_factory=itertools.count)  # inputs that missed eps, so far
+
+
+# Inputs whose outputs may wait to be written while the next batch searches, in batches: memory holds at
+# most this many batches' images besides the one being searched.
+BATCHES_WAITING = 2
+MISSES_SAID = 10  # inputs that missed eps said one by one; the rest are in the report and the index
 
 
 def upsample_files(job: UpsampleJob, inputs: Sequence[Path], out_dir: Path, *, log: Callable[[str], None] = print,
-                   show_progress: bool = True, processes: ProcessGroup = ALONE,
+                   show_progress: bool = True, processes: ProcessGroup = ALONE, shard: tuple[int, int] | None = None,
                    stop: threading.Event | None = None) -> dict:
-    """Upsample every input; returns (and writes) the report and index.html. Failed inputs are listed.
+    """Upsample every input (of this process's and this shard's share); returns the report of the run,
+    also written as report.json with index.html. Failed inputs are listed, never fatal.
 
     Args:
       job: the model, what to search for, how, and what to write (UpsampleJob: checked and resolved).
@@ -86,154 +103,284 @@ def upsample_files(job: UpsampleJob, inputs: Sequence[Path], out_dir: Path, *, l
       out_dir: where every output goes; created if missing.
       log: one line for the user; show_progress: the progress bar on stderr.
       processes: this process's place in a job of several (``pulse_jax.distributed``).
+      shard: (i, n): search only the i-th of n shares of the inputs (dealt by name), e.g. one task of a
+        job array; each shard keeps its own journal in ``out_dir``.
       stop: set from a signal handler or another thread: the batch being searched is dropped at its next
-        chunk of steps, nothing more starts, and the report says ``"stopped": true``.
+        chunk of steps, nothing more starts, outputs being written are finished, and the report says
+        ``"stopped": true``.
 
-    Returns:
-      The report (also written as report.json, or this process's part report in a job).
-
-    The report is rewritten after every batch, so an interrupted run keeps what it finished; a rerun
-    into the same folder skips inputs already done with the same settings and never replaces an
-    output made with other settings unless ``job.output_options.overwrite``. In a job of several processes, every
-    process is given the same inputs and searches its share (by file name); each writes its own part
-    report, and process 0 merges them into the report and index.html at the end (``finish_job``).
+    The journal (journal.py) records every batch as it goes, so an interrupted run keeps what it
+    finished; a rerun into the same folder skips inputs already done with the same settings and never
+    replaces an output made with other settings unless ``job.output_options.overwrite``.
     """
     config, options, seeds = job.config, job.options, job.seeds
     check_out_dir(out_dir, inputs)
     check_writable_folder(out_dir)
-    report_path = out_dir / (REPORT_NAME if processes.count == 1 else part_name(processes.index, processes.count))
+    check_our_files(out_dir)
     resolution = job.model.generator.resolution
     key = job.run_key
-    with folder_lock(out_dir):
+    journal_path = out_dir / journal_name(shard, (processes.index, processes.count))
+    with folder_lock(out_dir):  # the start of runs on this host, one at a time: leftovers, the journal's birth
         remove_stale_temporaries(out_dir)
-        previous = load_previous(out_dir)
-    report = {"config": config.to_dict(), "config_hash": config.hash(), "eps": config.effective_eps,
+        journal = Journal(journal_path)
+        adopt_legacy_report(journal, out_dir)
+    previous = all_entries(out_dir, journal)
+    header = {"config": config.to_dict(), "config_hash": config.hash(), "eps": config.effective_eps,
               "eps_reason": config.eps_reason, "run_key": key, "seeds": seeds,
               "seed": job.seed, "resolution": resolution, "architecture": job.model.generator.architecture,
               "model_checksum": job.model.checksum, "precision": options.precision,
-              "run_options": options.to_dict(), "inputs": [], "failed": [], "skipped": [], "searched": []}
+              "run_options": options.to_dict()}
     if processes.count > 1:
-        report["job"] = processes.job
-    mine = processes.share([path.stem for path in inputs])
-    items, report["failed"] = read_inputs([p for p in inputs if p.stem in mine], resolution, job.input_options, out_dir,
-                                          log, config.degradation)
+        header["job"], header["process"] = processes.job, [processes.index, processes.count]
+    if shard is not None:
+        header["shard"] = list(shard)
+    journal.start_run(header)
+    mine = share(sorted({path.stem for path in inputs}), processes, shard)
+    items, failed = read_inputs([p for p in inputs if p.stem in mine], resolution, job.input_options, out_dir, log,
+                                config.degradation)
     todo, kept, refused = plan(items, previous, out_dir, inputs, job, log)
-    report["failed"] += refused
-    report["skipped"] = sorted(kept)
-    entries: dict[str, dict] = dict(kept)
+    failed += refused
+    journal.fail(failed)
+    searched: list[str] = []
     groups: dict[tuple[int, bool], list[InputImage]] = {}
     for item in todo:
-        groups.setdefault((item.image.shape[0], item.gray), []).append(item)
+        groups.setdefault((item.size, item.gray), []).append(item)
     devices = len(options.devices) if options.devices is not None else len(jax.local_devices())
     if options.shard is False:
         devices = 1
-    batch_size = job.batch_size or default_batch_size(seeds, devices, jax.default_backend())
+    batch_size = job.batch_size or default_batch_size(seeds, devices, jax.default_backend(), resolution)
     if devices > 1 and seeds % devices and batch_size % devices:
         log(f"note: {devices} devices, but neither --seeds ({seeds}) nor --batch-size ({batch_size}) is a multiple "
             f"of {devices}: a batch that does not split evenly runs on one device")
     label = "search" if processes.count == 1 else f"search [process {processes.index}/{processes.count}]"
     bar = Progress(len(todo) * seeds * config.steps, label, "seed-steps", enabled=show_progress)
     started = time.perf_counter()
+    index = IndexWriter(out_dir)
 
-    def save_report(batch_entries: dict[str, dict] | None = None):
-        nonlocal report
-        entries.update(batch_entries or {})
-        report["seconds"] = time.perf_counter() - started
-        with folder_lock(out_dir):  # merged with what other runs into this folder wrote meanwhile
-            report = merge_into_report(report_path, report, entries)
-        if processes.count == 1:  # a job's index is written once, from every process's part
-            write_index(out_dir, report)
+    def run_report(stopped: bool = False) -> dict:
+        entries = all_entries(out_dir, journal)
+        run = {"failed": failed, "skipped": sorted(kept), "searched": list(searched), "stopped": stopped,
+               "seconds": time.perf_counter() - started}
+        return build_report(header, entries, run)
+
+    def commit_written() -> None:
+        """Record what the writer finished (one transaction), and say what failed."""
+        finished = run.writer.finished()
+        entries, failures = {}, []
+        for name, entry, error in finished:
+            entries[name] = None if entry is None else dict(entry, run_key=key)
+            if error is not None:
+                failures.append({"input": name, "error": error})
+                log(f"failed: {error}")
+        if entries:
+            journal.record(entries, previous)
+        if failures:
+            journal.fail(failures)
+            failed.extend(failures)
+        if run.writer.disk_full is not None:  # every later write would fail too: stop, keeping what finished
+            raise run.writer.disk_full
 
     def check_stop():
         if stop is not None and stop.is_set():
             raise _Stopped
 
     current: list[InputImage] = []
-    run = _Run(job, out_dir, bar, check_stop, log, MemoryLimit())
+    stopped = False
+    # Two threads where there are two cores: PNG encoding releases the GIL, and at small sizes writing an
+    # input costs more than searching it (benchmarks/RESULTS.md, "Throughput").
+    writer = OutputWriter(max_waiting=BATCHES_WAITING * batch_size, threads=min(2, os.cpu_count() or 1))
+    run = _Run(job, out_dir, bar, check_stop, log, MemoryLimit(), writer, commit_written)
     try:
         for (_, gray), group in sorted(groups.items()):
             group_config = with_gray(config) if gray else config
             for batch in batches(group, batch_size, seeds, devices):
                 check_stop()
-                # Pending first: a kill between an input's files and its entry leaves the entry pending,
+                # Claimed (pending) first: a kill between an input's files and its entry leaves it pending,
                 # so a rerun knows those files are this program's unfinished work and redoes them.
-                save_report({item.name: pending_entry(item, out_dir, job) for item in batch})
+                taken = journal.claim({item.name: pending_entry(item, out_dir, job) for item in batch}, key,
+                                      previous)
+                for name in taken:
+                    log(f"skipped: {name} is being searched, or was finished, by another run into this folder "
+                        "since this one started")
+                batch = [item for item in batch if item.name not in taken]
+                if not batch:
+                    continue
                 current = batch
-                done, diverged = _run_batch(run, batch, group_config)
-                report["searched"] += [item.name for item in batch]
-                report["failed"] += diverged
-                save_report({name: None if e is None else dict(e, run_key=key) for name, e in done.items()})
+                searched_now, load_failures = _search_batch(run, batch, group_config)
+                current = []
+                searched += searched_now
+                if load_failures:
+                    journal.record({name: None for name in load_failures}, previous)
+                    journal.fail(load_failures.values())
+                    failed.extend(load_failures.values())
+                commit_written()
+                index.maybe_write(run_report)
     except _Stopped:
-        report["stopped"] = True
-        # The batch being searched wrote nothing (its outputs come after the search): not pending.
-        entries.update({item.name: previous.get(item.name) for item in current})
-    save_report()
-    if processes.count == 1 and not report.get("stopped"):
-        remove_parts(out_dir)
+        stopped = True
+        # The batch being searched wrote nothing (its outputs come after its search): its claims are dropped.
+        journal.record({item.name: None for item in current}, previous)
+    finally:
+        run.writer.close()  # what was searched is written whole, even when stopped
+        commit_written()
+    report = run_report(stopped)
+    journal.end_run(stopped=stopped, searched=searched, skipped=sorted(kept))
+    if processes.count == 1:  # a job's report is written once, by process 0, from every process's journal
+        write_report(out_dir, report)
+        index.write(report)
     return report
 
 
+def share(names: Sequence[str], processes: ProcessGroup, shard: tuple[int, int] | None) -> set[str]:
+    """The input names this process of this shard searches: the sorted distinct names dealt out in turn to
+    the shards, then to the processes. Dealing by name keeps every file that would write the same output
+    in one share, where the clash is found and reported."""
+    if shard is not None:
+        i, n = shard
+        names = sorted(set(names))[i::n]
+    return processes.share(names)
+
+
+def all_entries(out_dir: Path, journal: Journal) -> dict[str, dict]:
+    """Every input's latest entry in this folder: this process's journal and every other (read only)."""
+    entries, _ = read_journals(out_dir, skip=journal.path)
+    for name, entry in journal.entries().items():
+        if name not in entries or entry["_updated"] >= entries[name]["_updated"]:
+            entries[name] = entry
+    return entries
+
+
+def adopt_legacy_report(journal: Journal, out_dir: Path) -> None:
+    """A folder written by an earlier version (report.json and part reports, no journal): its entries go
+    into the new journal once, so that the run resumes it as that version would have."""
+    if len(journal_paths(out_dir)) > 1 or journal.entries():
+        return
+    old = legacy_entries(out_dir)
+    if old:
+        journal.adopt(old)
+
+
+def check_our_files(out_dir: Path) -> None:
+    """report.json and index pages in --out must be ours: a user's files of those names are never replaced."""
+    for path in [out_dir / REPORT_NAME, *out_dir.glob("index*.html")]:
+        if path.name == REPORT_NAME or INDEX_PATTERN.match(path.name):
+            if (path.exists() or path.is_symlink()) and not is_ours(path):
+                raise PulseJaxError(f"{path} exists and was not written by pulse-jax; a run writes its report there: "
+                                    "move the file, or choose another --out")
+
+
 def finish_job(out_dir: Path, processes: ProcessGroup, log: Callable[[str], None]) -> dict | None:
-    """Every process of a job calls this at the end, even after an error: wait for all of them,
-    then process 0 merges their part reports (returned; None elsewhere)."""
+    """Every process of a job calls this at the end, even after an error: wait for all of them, then
+    process 0 writes report.json and index.html from every process's journal (returned; None elsewhere)."""
     log("done; waiting for the other processes")
-    processes.barrier("pulse-jax upsample: every part report written")
-    return merge_parts(out_dir, processes) if processes.index == 0 else None
+    processes.barrier("pulse-jax upsample: every journal written")
+    if processes.index != 0:
+        return None
+    return write_folder_report(out_dir, job=processes)
 
 
-def _run_batch(run: _Run, batch: list[InputImage], config: PulseConfig) -> tuple[dict, list]:
-    """Search one batch and write its outputs; -> (its report entries by name, its failures)."""
-    job, out_dir = run.job, run.out_dir
-    seeds = job.seeds
-    lr = np.stack([item.image for item in batch])
+def write_folder_report(out_dir: Path, job: ProcessGroup | None = None) -> dict:
+    """report.json and index.html from every journal in the folder (``pulse-jax report``; a job's end). The
+    header is the latest run's (of ``job``'s processes when given: a process of it that left no run is a
+    failure of the job); failed / skipped / searched join every journal's latest run."""
+    entries, runs = read_journals(out_dir)
+    failed = []
+    if job is not None:
+        runs = [r for r in runs if r["header"].get("job") == job.job]
+        seen = {r["header"].get("process", [0])[0] for r in runs}
+        failed = [{"input": f"process {k}", "error": f"process {k} of {job.count} recorded no run (see its log); its "
+                   "share of the inputs is not done: run again"} for k in range(job.count) if k not in seen]
+    if not runs and not failed:
+        raise PulseJaxError(f"{out_dir} holds no run journal (journal*.sqlite): nothing to report")
+    latest = max(runs, key=lambda r: r["started"]) if runs else {"header": {}}
+    run = {"failed": [f for r in runs for f in r["failed"]] + failed,
+           "skipped": [s for r in runs for s in r["skipped"]],
+           "searched": [s for r in runs for s in r["searched"]], "stopped": any(r["stopped"] for r in runs)}
+    report = build_report(latest["header"], entries, run)
+    if job is not None:
+        report["processes"] = job.count
+    if len(runs) > 1:
+        report["journals"] = len(runs)
+    check_our_files(out_dir)
+    write_report(out_dir, report)
+    IndexWriter(out_dir).write(report)
+    return report
+
+
+def _search_batch(run: _Run, batch: list[InputImage], config: PulseConfig) -> tuple[list[str], dict[str, dict]]:
+    """Read one batch's pixels, search it, and hand its outputs to the writer; -> (the names searched, the
+    failure entries of inputs whose file could not be read now, by name)."""
+    job = run.job
+    loaded, unreadable = [], {}
+    for item in batch:
+        try:
+            loaded.append((item, item.load()))
+        except PulseJaxError as e:
+            unreadable[item.name] = {"input": printable(item.path), "error": str(e)}
+            run.log(f"skipped: {e}")
+    if not loaded:
+        return [], unreadable
+    batch = [item for item, _ in loaded]
+    lr = np.stack([pixels for _, pixels in loaded])
     keys = jax.numpy.stack([image_key(job.seed, item.name) for item in batch])
     masks = None if job.input_options.mask is None else np.broadcast_to(job.input_options.mask, lr.shape[:3])
     frames: list[np.ndarray] = []
 
     def after_chunk(chunk):
         run.check_stop()
+        run.commit_written()  # the last batch's outputs, written meanwhile: recorded now, not after this search
         if job.output_options.save_intermediate:
             # kept as bytes: a frame of 32 inputs x 1 seed at 1024 px is 100 MB, 400 MB as float32
             frames.append(to_uint8(chunk.images()))
 
-    request = SearchRequest(job.model, config, job.options, seeds, lr, keys, masks)
+    request = SearchRequest(job.model, config, job.options, job.seeds, lr, keys, masks)
     result = search_fitting(request, on_chunk=seed_step_progress(run.bar, after_chunk), log=run.log,
                             limit=run.limit)
-    done, diverged = {}, []
+    whole = [f for f in frames if f.shape[:2] == (len(batch), job.seeds)]  # parts of a split search don't count
     for n, item in enumerate(batch):
-        stem = item.name
-        if result.diverged[n].all():  # nothing finite to show: a failure, not a black image called a result
-            diverged.append({"input": printable(item.path), "error": (
-                f"{printable(item.path)}: all {seeds} seeds diverged (NaN or infinity in the loss or its gradient); "
-                "nothing was written for it: check the model (pulse-jax convert refuses non-finite weights) and "
-                "the input")})
-            done[item.name] = None
-            continue
-        k = best_seed(result, n)
-        outputs = {"image": str(save_png(result.images[n, k], out_dir / f"{stem}.png")),
-                   "sheet": str(write_sheet(out_dir / f"{stem}_sheet.png", item.image, result, n,
-                                            degradation=str(config.degradation)))}
-        if job.output_options.all_seeds:
-            outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png"))
-                                for s in range(seeds)]
-        whole = [f for f in frames if f.shape[:2] == (len(batch), seeds)]  # parts of a split search don't count
-        if job.output_options.save_intermediate and whole:
-            outputs["search_gif"] = str(save_gif([f[n, k] for f in whole], out_dir / f"{stem}_search.gif"))
-        success = bool(result.success[n].any())
-        done[item.name] = {"input": item.name, "file": str(item.path), "input_sha256": item.sha256,
-                           "size": int(lr.shape[1]), "degradation": str(config.degradation), "best_seed": k,
-                           "success": success, "outputs": outputs, "seeds": seed_entries(result, n),
-                           "seconds": result.seconds / len(batch), "compile_seconds": result.compile_seconds}
-        if not success:
+        run.writer.submit(item.name, functools.partial(_write_input, run, item, lr[n], result, n, config, whole))
+    return [item.name for item in batch], unreadable
+
+
+def _write_input(run: _Run, item: InputImage, lr: np.ndarray, result, n: int, config: PulseConfig,
+                 frames: list[np.ndarray]) -> dict:
+    """One input's files and report entry (on the writer's thread); PulseJaxError: it is a failure."""
+    job, out_dir, seeds = run.job, run.out_dir, run.job.seeds
+    where = printable(item.path)
+    if result.diverged[n].all():  # nothing finite to show: a failure, not a black image called a result
+        raise PulseJaxError(f"{where}: all {seeds} seeds diverged (NaN or infinity in the loss or its gradient); "
+                            "nothing was written for it: check the model (pulse-jax convert refuses non-finite "
+                            "weights) and the input")
+    stem = item.name
+    k = best_seed(result, n)
+    outputs = {"image": str(save_png(result.images[n, k], out_dir / f"{stem}.png"))}
+    sheets = job.output_options.sheets
+    if sheets != "none":
+        shown = range(seeds) if sheets == "all" else [k]
+        outputs["sheet"] = str(write_sheet(out_dir / f"{stem}_sheet.png", lr, result, n,
+                                           degradation=str(config.degradation), seeds=shown))
+    if job.output_options.all_seeds:
+        outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png")) for s in range(seeds)]
+    if job.output_options.save_intermediate and frames:
+        outputs["search_gif"] = str(save_gif([f[n, k] for f in frames], out_dir / f"{stem}_search.gif"))
+    success = bool(result.success[n].any())
+    if not success:
+        missed = next(run.misses)
+        if missed < MISSES_SAID:
             run.bar.write(f"note: {item.name}: no seed reached eps={config.effective_eps:.3g} "
-                          f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and flagged in "
-                          "the report")
-    return done, diverged
+                          f"(lowest MSE {result.min_l2[n].min():.3g}); the best image is written and flagged in the "
+                          "report" + ("; further misses are listed in the report and the index only"
+                                      if missed == MISSES_SAID - 1 else ""))
+    return {"input": item.name, "file": str(item.path), "input_sha256": item.sha256, "size": int(lr.shape[0]),
+            "degradation": str(config.degradation), "best_seed": k, "success": success, "outputs": outputs,
+            "seeds": seed_entries(result, n), "seconds": result.seconds / result.images.shape[0],
+            "compile_seconds": result.compile_seconds}
 
 
 def planned_outputs(out_dir: Path, name: str, seeds: int, outputs: OutputOptions) -> list[Path]:
     """Every file this run will write for the input ``name`` (checked for clashes before any search)."""
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}_sheet.png"]
+    paths = [out_dir / f"{name}.png"]
+    if outputs.sheets != "none":
+        paths.append(out_dir / f"{name}_sheet.png")
     if outputs.all_seeds:
         paths += [out_dir / f"{name}_seed{s}.png" for s in range(seeds)]
     if outputs.save_intermediate:
@@ -245,7 +392,14 @@ def pending_entry(item: InputImage, out_dir: Path, job: UpsampleJob) -> dict:
     """An input about to be searched and written: its planned files belong to this program."""
     planned = [str(p) for p in planned_outputs(out_dir, item.name, job.seeds, job.output_options)]
     return {"input": item.name, "file": str(item.path), "input_sha256": item.sha256, "run_key": job.run_key,
-            "pending": True, "outputs": {"image": planned[0], "sheet": planned[1], "planned": planned[2:]}}
+            "pending": True, "outputs": {"image": planned[0], "planned": planned[1:]}}
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def check_out_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
@@ -272,7 +426,14 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
         for path in entry_paths(entry):
             owner[Path(path).resolve()] = name
     todo, kept, failed, claimed, names = [], {}, [], {}, {}
+    name_max = _name_max(out_dir)
     for item in items:
+        longest = max(len(os.fsencode(p.name)) for p in planned_outputs(out_dir, item.name, seeds, outputs))
+        if longest > name_max:
+            failed.append({"input": printable(item.path), "error": (
+                f"{printable(item.path)}: its outputs' names would be {longest} bytes long, and this filesystem allows "
+                f"{name_max}; rename the input (shorter)")})
+            continue
         planned = [p.resolve() for p in planned_outputs(out_dir, item.name, seeds, outputs)]
         done = previous.get(item.name)
         where = printable(item.path)
@@ -291,7 +452,6 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
         elif (done is not None and not outputs.overwrite and done.get("run_key") == key and outputs_exist(done)
               and done.get("input_sha256") == item.sha256):
             kept[item.name] = done
-            log(f"already done with these settings: {item.name} (kept; --overwrite redoes it)")
             reason = None
         else:
             reason = None
@@ -309,4 +469,7 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
         else:
             claimed.update({p: item.name for p in planned})
         names.setdefault(item.name, item.path)
+    if kept:
+        shown = ", ".join(sorted(kept)[:3]) + (", ..." if len(kept) > 3 else "")
+        log(f"already done with these settings: {len(kept)} input(s) ({shown}); kept (--overwrite redoes them)")
     return todo, kept, failed
