@@ -14,16 +14,25 @@ from pulse_jax.latent_search import SearchResult, search
 from pulse_jax.model import Model
 
 # Examples (inputs x seeds) searched together per device by default. On a GPU throughput grows with them
-# up to about 32 at 1024 px and is flat beyond; on a CPU it falls with the batch at 1024 px, so a CPU
-# searches one input at a time (the figures: benchmarks/RESULTS.md).
-EXAMPLES_PER_DEVICE = {"cpu": 1, "gpu": 32, "tpu": 32}
+# up to about 32 at 1024 px and is flat beyond. On a CPU it depends on the resolution: small images gain
+# from batches (a step's fixed costs shared), a 1024 px seed already keeps every core busy and fresh
+# multi-GB buffers cost more than batching gains (the figures: benchmarks/RESULTS.md, "CPU batch size").
+EXAMPLES_PER_DEVICE = {"gpu": 32, "tpu": 32}
+CPU_EXAMPLES_BY_RESOLUTION = {32: 32, 128: 4, 256: 1}  # measured; a resolution between takes the one below
 
 
-def default_batch_size(seeds: int, devices: int, backend: str = "cpu") -> int:
-    """Inputs per search: enough to give each device about EXAMPLES_PER_DEVICE examples, at least one
+def examples_per_device(backend: str, resolution: int) -> int:
+    if backend != "cpu":
+        return EXAMPLES_PER_DEVICE.get(backend, EXAMPLES_PER_DEVICE["gpu"])
+    fitting = [n for r, n in sorted(CPU_EXAMPLES_BY_RESOLUTION.items()) if r <= resolution]
+    return fitting[-1] if fitting else CPU_EXAMPLES_BY_RESOLUTION[min(CPU_EXAMPLES_BY_RESOLUTION)]
+
+
+def default_batch_size(seeds: int, devices: int, backend: str = "cpu", resolution: int = 1024) -> int:
+    """Inputs per search: enough to give each device about ``examples_per_device`` examples, at least one
     input when the seeds split evenly over the devices, else at least one input per device (so that no
     device sits idle and each holds whole inputs, as on a single device)."""
-    per_device = EXAMPLES_PER_DEVICE.get(backend, EXAMPLES_PER_DEVICE["gpu"])
+    per_device = examples_per_device(backend, resolution)
     if seeds % devices == 0:
         return max(1, per_device * devices // seeds)
     return devices * max(1, per_device // seeds)

@@ -17,8 +17,8 @@ from pulse_jax.config import PulseConfig, RunOptions, degradation_flag
 from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.fields import help_of, is_flag
+from pulse_jax.flag_types import number, path_arg, positive_int, seed_int, shard_arg, tri_state, whole_number
 from pulse_jax.generators import registry
-from pulse_jax.host_memory import relaunch_with_huge_pages
 from pulse_jax.job import OutputOptions
 
 PROBLEMS = """problems and their flags (an input at the model's resolution is factor 1: no downscaling):
@@ -30,54 +30,6 @@ PROBLEMS = """problems and their flags (an input at the model's resolution is fa
   inpainting              --degradation bicubic+mask --mask known.png
   colourisation           --degradation bicubic+gray   (automatic for grayscale inputs)
 """
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (argparse turns the error into one line and exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-SEED_LIMIT = 2**63  # jax.random.key takes a signed 64-bit seed
-
-
-def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {value}")
-    return value
-
-
-TRI_STATE = {"auto": None, "on": True, "off": False}
-
-
-def tri_state(text: str) -> bool | None:
-    """argparse type of a ``bool | None`` field: auto (None), on, off."""
-    if text not in TRI_STATE:
-        raise argparse.ArgumentTypeError(f"choose auto, on or off, got {text!r}")
-    return TRI_STATE[text]
-
-
-def whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def _flag_kind(cls: type, field: dataclasses.Field) -> dict:
@@ -114,7 +66,7 @@ def add_fields(group, cls: type, *, reference_spellings: bool = False, dest_pref
     for f in dataclasses.fields(cls):
         if not is_flag(f):
             continue
-        names = [f"--{f.name.replace('_', '-')}"]
+        names = [f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"]
         if reference_spellings:
             names += [f"--{f.name}", f"-{f.name}"]
         names = list(dict.fromkeys(names + list(f.metadata.get("aliases", ()))))
@@ -204,14 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=PROBLEMS, formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("inputs", nargs="+", help="image files or folders of images (square, side dividing R)")
     up.add_argument("--model", required=True, help="model directory from pulse-jax convert")
-    up.add_argument("--out", required=True, help="output folder")
+    up.add_argument("--out", required=True, type=path_arg, help="output folder")
     up.add_argument("--seeds", "--duplicates", "-duplicates", type=positive_int, default=1,
                     help="results searched per input (the reference's -duplicates)")
     up.add_argument("--seed", type=seed_int, default=0, help="random seed")
     up.add_argument("--batch-size", type=positive_int,
-                    help="inputs searched together (x seeds each). Default: on a CPU 1 (or one per device when "
-                         "--seeds does not split evenly over them); on a GPU or TPU enough for about 32 "
-                         "inputs x seeds per device (throughput grows up to there); halved when it does not fit")
+                    help="inputs searched together (x seeds each). Default: on a CPU by the model's resolution, "
+                         "about 32 inputs x seeds at 32-64 px, 4 at 128 px, 1 from 256 px (measured); on a GPU or "
+                         "TPU about 32 per device (throughput grows up to there); halved when it does not fit")
     add_fields(up, OutputOptions, reference_spellings=True)
     add_run_options(up)
     up.add_argument("--fit", type=positive_int, metavar="SIZE",
@@ -223,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inputs are photos: find and align every face (dlib, FFHQ crop), then upsample them; "
                          "faces are downscaled to --fit (default 32)")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
+    up.add_argument("--shard", dest="input_shard", type=shard_arg, metavar="I/N",
+                    help="search only the I-th (from 0) of N shares of the inputs, dealt by name: N independent "
+                         "processes (a Slurm job array, a Kubernetes indexed Job) with the same command and I = "
+                         "0..N-1 cover every input once into one --out; each keeps its own journal there")
     dist = up.add_argument_group("several processes (hosts, or one per GPU): run the same command in each; "
                                  "each searches its share of the inputs into the shared --out folder")
     dist.add_argument("--distributed", action="store_true",
@@ -231,17 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
     dist.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the job")
     dist.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
+    dist.add_argument("--join-timeout", type=positive_int, default=300, metavar="SECONDS",
+                      help="how long a process waits for the others to start (default 300)")
     add_fields(up.add_argument_group("what the search looks for (PulseConfig: the reference's options, same "
                                      "names and defaults)"), PulseConfig, reference_spellings=True)
 
+    rep = sub.add_parser("report", help="write report.json and index.html of an output folder from its run "
+                                        "journals, and print a summary")
+    rep.add_argument("out", help="an output folder of pulse-jax upsample")
+
     al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
     al.add_argument("photos", nargs="+", help="photo files or folders")
-    al.add_argument("--out", required=True, help="output folder: <stem>_<k>.png per face")
+    al.add_argument("--out", required=True, type=path_arg, help="output folder: <stem>_<k>.png per face")
     al.add_argument("--size", type=positive_int, default=32, help="output side, dividing 1024 (default 32)")
 
     demo = sub.add_parser("demo", help="ground truth -> low resolution -> search, written as a sheet")
     demo.add_argument("--model", help="model directory (default: a small random-weight generator)")
-    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--out", default="demo_out", type=path_arg, help="output folder (default: demo_out)")
     demo.add_argument("--seeds", type=positive_int, default=4)
     demo.add_argument("--size", type=positive_int, default=8, help="low-resolution side (default 8)")
     demo.add_argument("--steps", type=positive_int, default=200,
@@ -268,11 +230,11 @@ def _upsample(args) -> int:
         def say(message):
             print(message, file=sys.stderr)
 
-        with stop_on_signals(stop, say) as received:
+        with stop_on_signals(stop, say, args.early_signals) as received:
             report = _upsample_here(args, config, ProcessGroup(), say, stop)
         code = _summary(report, args, config, "")
         return _stopped_code(received, say) or code
-    group = initialize(args.coordinator, args.num_processes, args.process_id)
+    group = initialize(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
     tag = f"[process {group.index}/{group.count}]"
 
     def log(message):
@@ -281,7 +243,7 @@ def _upsample(args) -> int:
     # Whatever happens here, this process still meets the others at the end: one that left early
     # would take the whole job down with it (jax.distributed stops every process when one is gone).
     report, failed = None, False
-    with stop_on_signals(stop, log) as received:
+    with stop_on_signals(stop, log, args.early_signals) as received:
         try:
             report = _upsample_here(args, config, group, log, stop)
         except Exception as e:  # noqa: BLE001 - reported, then the job ends together
@@ -299,13 +261,17 @@ def _upsample(args) -> int:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event, say):
+def stop_on_signals(stop: threading.Event, say, early: list[int] | None = None):
     """While inside: Ctrl-C (SIGINT) or SIGTERM sets ``stop``, so the search ends at its next chunk of
-    steps with every finished output and the report written; a second signal stops at once.
+    steps, waits for the outputs being written, and keeps every finished one; a second signal ends the
+    process at once (what is written is whole: every file is renamed into place, and the journal is
+    SQLite). ``early``: signals that came before (pulse_jax.launch), taken as having come now.
 
     Why not Python's KeyboardInterrupt: raised while JAX runs a garbage-collection callback it is only
-    printed ("Exception ignored in _xla_gc_callback", jax-ml/jax#18246) and the run goes on to the end.
-    A handler that only sets a flag cannot be lost that way. Yields the signals received.
+    printed ("Exception ignored in _xla_gc_callback", jax-ml/jax#18246) and the run goes on to the end;
+    and raised in the middle of a compiled program, the interpreter's exit raced XLA's threads (a
+    segmentation fault, 3 times in 4). A handler that sets a flag, and a second one that ends the process
+    without unwinding it, cannot go wrong so. Yields the signals received.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
@@ -321,11 +287,15 @@ def stop_on_signals(stop: threading.Event, say):
             say(f"{signal.Signals(signum).name}: stopping after the current chunk of steps; finished outputs "
                 "are kept (once more to stop at once)")
             return
-        for s in previous:
-            signal.signal(s, signal.SIG_DFL)  # a third one ends the process whatever it is doing
-        raise KeyboardInterrupt
+        say(f"{signal.Signals(signum).name} again: stopping now; finished outputs are kept, the same command again "
+            "does the rest")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signum in early or ():
+        handler(signum, None)
     try:
         yield received
     finally:
@@ -362,7 +332,7 @@ def _upsample_here(args, config, group, log, stop) -> dict:
     job = UpsampleJob(model, config, run_options_from_args(args, model.generator), seeds=args.seeds,
                       seed=args.seed, batch_size=args.batch_size, input_options=input_options, output_options=outputs)
     return upsample_files(job, inputs, Path(args.out), log=log, show_progress=not args.quiet, processes=group,
-                          stop=stop)
+                          shard=args.input_shard, stop=stop)
 
 
 def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
@@ -370,32 +340,75 @@ def _summary(report: dict, args, config: PulseConfig, whose: str) -> int:
 
     this_run = set(report.get("searched", [])) | set(report["skipped"])  # the report also keeps earlier runs'
     entries = [e for e in report["inputs"] if e["input"] in this_run and not e.get("pending")]
-    ok = sum(e["success"] for e in entries)
+    ok = sum(bool(e.get("success")) for e in entries)
     print(f"{whose}{len(entries)} upsampled ({ok} within eps={config.effective_eps:.3g}; "
           f"{len(report['skipped'])} already done), {len(report['failed'])} failed; "
           f"{report.get('seconds', 0.0):.1f}s{'; stopped before the end' if report.get('stopped') else ''}; "
           f"report: {Path(args.out) / REPORT_NAME}")
     if not whose.startswith("process"):  # a process's failures are listed again in the merged report
-        for f in report["failed"]:
-            print(f"  failed: {f['error']}", file=sys.stderr)
+        _list_failures(report["failed"])
     return 1 if report["failed"] or report.get("stopped") else 0
+
+
+FAILURES_SHOWN = 20
+
+
+def _list_failures(failed: list[dict]) -> None:
+    for f in failed[:FAILURES_SHOWN]:
+        print(f"  failed: {f['error']}", file=sys.stderr)
+    if len(failed) > FAILURES_SHOWN:
+        print(f"  ... and {len(failed) - FAILURES_SHOWN} more failures: report.json's 'failed' lists them all",
+              file=sys.stderr)
+
+
+def _report(args) -> int:
+    """Rewrite report.json and index.html from the folder's journals; a one-screen summary."""
+    from pulse_jax.upsample import write_folder_report
+
+    out = Path(args.out)
+    if not out.is_dir():
+        raise PulseJaxError(f"{out} is not a folder: give the --out folder of a pulse-jax upsample run")
+    report = write_folder_report(out)
+    finished = [e for e in report["inputs"] if not e.get("pending")]
+    ok = sum(bool(e.get("success")) for e in finished)
+    pending = len(report["inputs"]) - len(finished)
+    print(f"{out}: {len(finished)} inputs done ({ok} within eps {report.get('eps', 0):.3g}, {len(finished) - ok} "
+          f"not), {pending} unfinished, {len(report['failed'])} failed in the latest runs"
+          + (f" ({report['journals']} journals)" if "journals" in report else ""))
+    header = report.get("config") or {}
+    print(f"latest run: {report.get('architecture')} at {report.get('resolution')} px, {report.get('seeds')} seed(s), "
+          f"steps {header.get('steps')}, loss {header.get('loss_str')}, degradation {header.get('degradation')}"
+          + ("; it was stopped before the end" if report.get("stopped") else ""))
+    _list_failures(report["failed"])
+    print(f"wrote {out / 'report.json'} and {out / 'index.html'}")
+    return 1 if report["failed"] or pending else 0
 
 
 def _align(args) -> int:
     from pulse_jax.align import FaceAligner, align_photo
-    from pulse_jax.images import list_inputs, save_png
+    from pulse_jax.images import list_inputs, save_png_keeping_others
+    from pulse_jax.inputs import printable
+    from pulse_jax.safe_files import check_writable_folder
+    from pulse_jax.upsample import check_out_dir
 
+    photos = list_inputs(args.photos, lambda m: print(m, file=sys.stderr))
+    out = Path(args.out)
+    check_out_dir(out, photos)  # faces written among the photos would be read as photos, or replace them
+    check_writable_folder(out)
     aligner = FaceAligner()
-    failed = 0
-    for path in list_inputs(args.photos, lambda m: print(m, file=sys.stderr)):
+    failed, stems = 0, {}
+    for path in photos:
         try:
+            if path.stem in stems:  # <stem>_<k>.png would be both photos' faces
+                raise PulseJaxError(f"{printable(path)}: its faces would have the names of "
+                                    f"{printable(stems[path.stem])}'s (<stem>_<k>.png); rename one")
+            stems[path.stem] = path
             faces = align_photo(aligner, path, args.size)
+            for k, face in enumerate(faces):
+                print(save_png_keeping_others(face, out / f"{path.stem}_{k}.png"))
         except PulseJaxError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
-            continue
-        for k, face in enumerate(faces):
-            print(save_png(face, Path(args.out) / f"{path.stem}_{k}.png"))
     return 1 if failed else 0
 
 
@@ -426,18 +439,26 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] in (["upsample"], ["demo"]):
-        relaunch_with_huge_pages()  # faster CPU search steps at 1024 px (host_memory.py)
+def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
+    """The command, in this process (``pulse_jax.launch`` first decides how the process runs and records
+    the signals that arrive before this is ready: ``early_signals``)."""
     argv = sys.argv[1:] if argv is None else argv
+    early = early_signals if early_signals is not None else []
+    if argv[:1] != ["upsample"]:  # upsample stops between chunks (stop_on_signals); the others, as Python does
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if early:
+            print(f"{signal.Signals(early[0]).name}: stopped before it began", file=sys.stderr)
+            return 128 + early[0]
     enable_compilation_cache()
     if argv and argv[0] == "convert":
         from convert.__main__ import main as convert_main
 
         return convert_main(argv[1:], prog="pulse-jax convert")
     args = build_parser().parse_args(argv)
+    args.early_signals = early
     try:
-        return {"upsample": _upsample, "align": _align, "demo": _demo}[args.command](args)
+        return {"upsample": _upsample, "align": _align, "demo": _demo, "report": _report}[args.command](args)
     except PulseJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -446,5 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m pulse_jax.cli: as the pulse-jax command (jax is imported already here)
+    from pulse_jax.launch import main as launch
+
+    sys.exit(launch())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from typing import Any
 
 from pulse_jax.degrade import PULSE_EPS, Degradation
@@ -16,6 +17,7 @@ from pulse_jax.losses import LOSSES, parse_loss_str
 from pulse_jax.optim import OPTIMIZERS, SCHEDULES
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
+MAX_STEPS = 1_000_000  # PULSE uses 100; a million keeps the per-step histories at 4 MB a seed
 
 
 def parse_layers(text: str | int | tuple | list | None) -> tuple[int, ...] | None:
@@ -100,12 +102,13 @@ class PulseConfig:
             raise PulseJaxError(f"unknown opt_name {self.opt_name!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in SCHEDULES:
             raise PulseJaxError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if not (isinstance(self.steps, int) and self.steps >= 1):
-            raise PulseJaxError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.eps is not None and not self.eps >= 0:
-            raise PulseJaxError(f"eps must be >= 0, got {self.eps!r}")
-        if not self.learning_rate > 0:
-            raise PulseJaxError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not (isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS):
+            raise PulseJaxError(f"steps must be a whole number from 1 to {MAX_STEPS:,} (a search keeps its loss at "
+                                f"every step), got {self.steps!r}")
+        if self.eps is not None and not (isinstance(self.eps, (int, float)) and 0 <= self.eps < math.inf):
+            raise PulseJaxError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < math.inf):
+            raise PulseJaxError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}")
         if self.num_trainable_noise_layers < 0:
             raise PulseJaxError("num_trainable_noise_layers must be >= 0")
 
@@ -204,7 +207,8 @@ class RunOptions:
         None, "device: a chunk of steps in one compiled loop; host: one step per compiled call (default: host on "
         "a CPU, where XLA runs convolutions in loops slower, device elsewhere)", choices=STEP_LOOPS)
     shard: bool | None = option(None, "split each batch over this process's devices: auto (when there are "
-                                "several), on (refuse a batch that does not split evenly), off (one device)")
+                                "several), on (refuse a batch that does not split evenly), off (one device)",
+                                flag="--device-split")
     devices: tuple | None = option(None, "where to run (None: this process's devices); over several processes "
                                    "jax.devices() makes one program over every host's devices", cli=False)
     chunk_steps: int | None = option(None, "steps between progress updates and stop checks (default: a tenth of "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from pathlib import Path
 
 import jax
@@ -150,6 +151,39 @@ class Kernel:
         return hash(self.sha256)
 
 
+def _read_npy(file: Path, what: str) -> np.ndarray:
+    """A .npy file's array, its header checked first: NumPy's magic, a plain (not object) dtype, and a size
+    that the file holds and that is no larger than MAX_KERNEL_BYTES: nothing is allocated for a header's
+    claim alone."""
+    try:
+        with open(file, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise PulseJaxError(f"{what}: not a .npy file (it does not start with NumPy's header); save the "
+                                    "kernel with numpy.save, or give an image")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise PulseJaxError(f"{what}: .npy format version {version} is not read here (1.0 and 2.0 are)")
+            shape, fortran, dtype = read_header(f)
+            if dtype.hasobject:
+                raise PulseJaxError(f"{what}: an array of Python objects (it would need unpickling) was refused")
+            size = math.prod(shape) * dtype.itemsize
+            if size > MAX_KERNEL_BYTES:
+                raise PulseJaxError(f"{what}: the header says {shape} {dtype} ({size / 2**20:,.0f} MB); a kernel is at "
+                                    f"most {MAX_KERNEL_BYTES // 2**20} MB")
+            left = file.stat().st_size - f.tell()
+            if left < size:
+                raise PulseJaxError(f"{what}: the header says {shape} {dtype} but the file holds {left} of its {size} "
+                                    "bytes (truncated?)")
+        return np.load(file, allow_pickle=False)
+    except PulseJaxError:
+        raise
+    except (ValueError, OSError) as e:
+        raise PulseJaxError(f"{what}: not a plain .npy array ({e})") from None
+
+
 def load_kernel(path: str) -> Kernel:
     """A blur kernel from a .npy file (a 2-D array, read without pickle) or an image (as grayscale),
     normalised to sum 1."""
@@ -157,10 +191,7 @@ def load_kernel(path: str) -> Kernel:
     if not file.is_file():
         raise PulseJaxError(f"kernel:{path}: no such file (give a .npy 2-D array or a grayscale image)")
     if file.suffix.lower() == ".npy":
-        try:
-            k = np.load(file, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise PulseJaxError(f"kernel:{path}: not a plain .npy array ({e})") from None
+        k = _read_npy(file, f"kernel:{path}")
     else:
         from pulse_jax.images import opened
 
@@ -169,11 +200,13 @@ def load_kernel(path: str) -> Kernel:
                 k = np.asarray(im.convert("F"), np.float64)
         except Exception as e:  # noqa: BLE001 - a damaged image is this kernel's error
             raise PulseJaxError(f"kernel:{path}: cannot read the image ({type(e).__name__}: {e})") from None
-    if k.ndim != 2 or not np.issubdtype(k.dtype, np.number) or min(k.shape) < 1:
-        raise PulseJaxError(f"kernel:{path}: a kernel is a 2-D array of numbers, got shape {k.shape} {k.dtype}")
+    if k.ndim != 2 or not (np.issubdtype(k.dtype, np.integer) or np.issubdtype(k.dtype, np.floating)) or \
+            min(k.shape) < 1:
+        raise PulseJaxError(f"kernel:{path}: a kernel is a 2-D array of real numbers, got shape {k.shape} {k.dtype}")
     k = np.asarray(k, np.float64)
-    total = k.sum()
-    if not np.all(np.isfinite(k)) or not total > 0:
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = k.sum()
+    if not np.all(np.isfinite(k)) or not 0 < total < math.inf:
         raise PulseJaxError(f"kernel:{path}: the kernel's values must be finite with a positive sum (got sum "
                             f"{total:g}); it is normalised to sum 1")
     return Kernel.of(k / total, str(path))
@@ -197,6 +230,9 @@ def mosaic(images: jax.Array, pattern: str) -> jax.Array:
 
 
 DOWNSCALERS = ("bicubic", "box", "gaussian")
+MIN_SIGMA, MAX_SIGMA = 0.05, 1e4  # a narrower gaussian is a point sample; a wider one, a constant
+MAX_NOISE = 0.5
+MAX_KERNEL_BYTES = 64 * 2**20     # a blur kernel file (a 4096 x 4096 float32 kernel is 64 MB)
 PULSE_EPS = 2e-3  # the reference's default
 
 
@@ -247,8 +283,9 @@ class Degradation:
                     if name != "gaussian":
                         raise PulseJaxError(f"only gaussian takes a parameter (gaussian:SIGMA), got {part!r}")
                     fields["sigma"] = _number(arg, part, text)
-                    if not fields["sigma"] > 0:
-                        raise PulseJaxError(f"degradation {text!r}: gaussian sigma must be > 0")
+                    if not MIN_SIGMA <= fields["sigma"] <= MAX_SIGMA:
+                        raise PulseJaxError(f"degradation {text!r}: gaussian sigma is in high-resolution pixels and "
+                                            f"must be from {MIN_SIGMA:g} to {MAX_SIGMA:g}, got {fields['sigma']:g}")
             elif name in ("gray", "mask") and not arg:
                 once(name, part)
                 fields[name] = True
@@ -269,9 +306,10 @@ class Degradation:
                 if not arg:
                     raise PulseJaxError(f"degradation {text!r}: write noise:SIGMA, SIGMA in [0, 1]")
                 fields["noise"] = _number(arg, part, text)
-                if not 0 <= fields["noise"] <= 1:
-                    raise PulseJaxError(f"degradation {text!r}: noise SIGMA must be in [0, 1] (pixel units, images "
-                                        f"are in [0, 1]), got {fields['noise']:g}")
+                if not 0 <= fields["noise"] <= MAX_NOISE:
+                    raise PulseJaxError(f"degradation {text!r}: noise SIGMA must be from 0 to {MAX_NOISE:g} (pixel "
+                                        f"units, images are in [0, 1]; eps becomes SIGMA^2, and beyond {MAX_NOISE:g} "
+                                        f"every image would be within it), got {fields['noise']:g}")
             else:
                 raise PulseJaxError(f"unknown degradation {part!r} in {text!r}; use one of {', '.join(DOWNSCALERS)}, "
                                     "optionally with kernel:FILE, bayer[:RGGB|BGGR|GRBG|GBRG], noise:SIGMA, gray "
@@ -347,6 +385,9 @@ class Degradation:
 
 def _number(arg: str, part: str, text: str) -> float:
     try:
-        return float(arg)
+        value = float(arg)
     except ValueError:
-        raise PulseJaxError(f"degradation {text!r}: {part!r} needs a number, got {arg!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise PulseJaxError(f"degradation {text!r}: {part!r} needs a finite number, got {arg!r}")
+    return value

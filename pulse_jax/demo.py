@@ -6,6 +6,7 @@ about a minute; the results downscale to the input although none equals the trut
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from pulse_jax.config import PulseConfig
 from pulse_jax.degrade import Degradation
+from pulse_jax.errors import PulseJaxError
 from pulse_jax.generators import registry
 from pulse_jax.generators.layers import leaky_relu, standard_normal
 from pulse_jax.images import save_png
@@ -50,6 +52,30 @@ def demo_mask(size: int) -> np.ndarray:
     return mask
 
 
+DEMO_FORMAT = "pulse-jax-demo"
+
+
+def demo_outputs(out_dir: Path, seeds: int) -> list[Path]:
+    return [out_dir / n for n in ("ground_truth.png", "input.png", "sheet.png", REPORT_NAME,
+                                  *(f"seed{s}.png" for s in range(seeds)))]
+
+
+def check_demo_folder(out_dir: Path, seeds: int) -> None:
+    """The demo replaces only what an earlier demo wrote there (its report.json says so): never a user's
+    files, nor an upsample run's report."""
+    existing = [p for p in demo_outputs(out_dir, seeds) if p.exists() or p.is_symlink()]
+    if not existing:
+        return
+    try:
+        earlier = json.loads((out_dir / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and (earlier.get("format") == DEMO_FORMAT
+                                           or "rms_difference_from_truth" in earlier)):
+        raise PulseJaxError(f"{existing[0]} exists and was not written by pulse-jax demo: the demo would replace it; "
+                            "choose another --out (an empty or new folder)")
+
+
 def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_size: int = 8,
              steps: int = 200, seed: int = 0, degradation: str | Degradation = "bicubic",
              architecture: str = "stylegan1", show_progress: bool = True) -> dict:
@@ -57,6 +83,7 @@ def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_
     config = PulseConfig(steps=steps, degradation=degradation)
     d = config.degradation
     check_writable_folder(out_dir)
+    check_demo_folder(out_dir, seeds)
     model = load_model(model_dir) if model_dir else random_demo_model(seed, architecture)
     check_fit_size(lr_size, model.generator.resolution, "--size")
     d.check(model.generator.resolution, lr_size)
@@ -74,6 +101,7 @@ def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_
     write_sheet(out_dir / "sheet.png", lr[0], result, 0, truth=truth, degradation=str(d))
     diff_from_truth = [float(np.sqrt(np.mean((result.images[0, s] - truth) ** 2))) for s in range(seeds)]
     report = {
+        "format": DEMO_FORMAT,
         "model": model_dir or f"random {architecture} {registry.family(architecture).demo_preset} generator "
                               f"(seed {seed})",
         "architecture": model.generator.architecture,

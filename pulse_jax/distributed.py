@@ -11,6 +11,8 @@ no process waits on another until the end. For one program over every host's dev
 from __future__ import annotations
 
 import dataclasses
+import socket
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -54,12 +56,87 @@ class ProcessGroup:
                 raise PulseJaxError(f"the processes did not all finish ({type(e).__name__}: {str(e)[:300]})") from None
 
 
+JOIN_TIMEOUT_S = 300  # how long a process waits for the others to start (JAX's own default)
+
+
+def split_address(coordinator: str) -> tuple[str, int]:
+    host, sep, port = coordinator.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not host or not 0 < number < 65536:
+        raise PulseJaxError(f"--coordinator {coordinator!r}: write HOST:PORT, process 0's host and a free port on it "
+                            "(e.g. node17:1234)")
+    return host.strip("[]"), number
+
+
+def rendezvous(coordinator: str, count: int, index: int, timeout_s: float) -> None:
+    """Wait until all ``count`` processes are there, before jax.distributed (whose own wait, when a process
+    never comes, ends the process with a C++ check failure after 300 s): process 0 listens on the
+    coordinator's port for the others, each of the others knocks until it is answered. A process left
+    alone says so in one line (PulseJaxError) when ``timeout_s`` has passed."""
+    host, port = split_address(coordinator)
+    deadline = time.monotonic() + timeout_s
+    if index == 0:
+        try:
+            server = socket.create_server(("", port), reuse_port=hasattr(socket, "SO_REUSEPORT"))
+        except OSError as e:
+            raise PulseJaxError(f"--coordinator {coordinator}: process 0 cannot listen on port {port} "
+                                f"({e.strerror or e}); choose a free port") from None
+        joined: dict[int, socket.socket] = {}
+        with server:
+            while len(joined) < count - 1:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    for conn in joined.values():
+                        conn.close()
+                    missing = sorted(set(range(1, count)) - set(joined))
+                    raise PulseJaxError(f"only {len(joined) + 1} of {count} processes joined within {timeout_s:g} s "
+                                        f"(missing: {', '.join(map(str, missing))}): start the same command with "
+                                        f"--coordinator {coordinator} in each, or give them --join-timeout longer")
+                server.settimeout(min(left, 1.0))
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                conn.settimeout(5)
+                try:
+                    peer = int(conn.recv(16).decode().strip() or -1)
+                except (OSError, ValueError):
+                    conn.close()
+                    continue
+                if 0 < peer < count and peer not in joined:
+                    joined[peer] = conn
+                else:
+                    conn.close()
+            for conn in joined.values():
+                with conn:
+                    conn.sendall(b"go\n")
+        return
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PulseJaxError(f"could not reach the coordinator {coordinator} within {timeout_s:g} s: is process 0 "
+                                "running there, with the same --coordinator? (--join-timeout waits longer)")
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 2.0)) as conn:
+                conn.sendall(f"{index}\n".encode())
+                conn.settimeout(left)
+                if conn.recv(8).startswith(b"go"):
+                    return
+        except (TimeoutError, OSError):
+            pass
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> ProcessGroup:
+               process_id: int | None = None, join_timeout_s: float = JOIN_TIMEOUT_S) -> ProcessGroup:
     """Join the job (``jax.distributed.initialize``); must run before anything else uses jax.
 
     With no arguments the cluster is detected (Slurm, Open MPI, Cloud TPU, or the JAX_COORDINATOR_ADDRESS
-    environment variable with the other two given).
+    environment variable with the other two given). With a coordinator given, the processes first meet
+    (``rendezvous``), so that one left alone says so instead of being ended by jax.
     """
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
@@ -67,9 +144,13 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                             "of them to detect the cluster (Slurm, Open MPI, Cloud TPU)")
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise PulseJaxError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
+    if coordinator is not None:
+        split_address(coordinator)
+        if num_processes > 1:
+            rendezvous(coordinator, num_processes, process_id, join_timeout_s)
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, initialization_timeout=int(max(join_timeout_s, 60)))
     except (ValueError, RuntimeError, TypeError) as e:
         raise PulseJaxError(f"could not join the distributed job: {e}. Outside Slurm, Open MPI or Cloud TPU, "
                             "pass --coordinator HOST:PORT (process 0's address), --num-processes and "

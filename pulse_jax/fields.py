@@ -11,12 +11,13 @@ from typing import Any
 
 def option(default: Any, help: str, *, choices: Sequence[str] | None = None,
            parse: Callable[[str], Any] | None = None, metavar: str | None = None, cli: bool = True,
-           aliases: Sequence[str] = ()) -> Any:
+           aliases: Sequence[str] = (), flag: str | None = None) -> Any:
     """A dataclass field with its help text. ``choices``: the values a text flag takes; ``parse``: how a
     flag's text becomes the value, for types a flag cannot read by itself; ``cli=False``: no flag (set
-    from Python, or by a flag of its own); ``aliases``: more flag spellings."""
+    from Python, or by a flag of its own); ``flag``: the flag's name when it is not the field's
+    (``--field-name``); ``aliases``: more flag spellings."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "parse": parse,
-            "metavar": metavar, "cli": cli, "aliases": tuple(aliases)}
+            "metavar": metavar, "cli": cli, "aliases": tuple(aliases), "flag": flag}
     return dataclasses.field(default=default, metadata=meta)
 
 

@@ -14,9 +14,11 @@ import numpy as np
 from pulse_jax.config import PulseConfig, RunOptions
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.fields import option
-from pulse_jax.inputs import InputOptions
-from pulse_jax.latent_search.driver import stored_noise_of
+from pulse_jax.inputs import InputOptions, check_options
+from pulse_jax.latent_search.driver import check_size, stored_noise_of
 from pulse_jax.model import Model
+
+SHEETS = ("all", "best", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,12 @@ class OutputOptions:
     all_seeds: bool = option(False, "also write every seed's image, <stem>_seed<k>.png")
     save_intermediate: bool = option(False, "write the search as an animated GIF, <stem>_search.gif")
     overwrite: bool = option(False, "redo inputs already done and replace outputs made with other settings")
+    sheets: str = option("all", "the comparison sheet per input: all (every seed), best (the best seed only), none "
+                         "(no sheet: faster for large runs)", choices=SHEETS)
+
+    def __post_init__(self):
+        if self.sheets not in SHEETS:
+            raise PulseJaxError(f"sheets must be one of {', '.join(SHEETS)}, got {self.sheets!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,9 +70,12 @@ class UpsampleJob:
             raise PulseJaxError(f"--mask is given, but --degradation '{d}' has no +mask, so the mask would be "
                                 f"ignored: add +mask (--degradation {d}+mask) or drop --mask")
         d.check(self.model.generator.resolution)
+        check_options(self.input_options, self.model.generator.resolution)
         self.config.check_noise_options(len(self.model.noise_shapes()))
         if self.config.stored_noise:
             stored_noise_of(self.model)  # a model without stored maps: says why, before any input is read
+        rows = 1 if self.config.tile_latent else self.model.num_ws
+        check_size(self.model, self.seeds, self.config.steps, rows, f"--seeds {self.seeds}")
 
     @functools.cached_property
     def run_key(self) -> str:

@@ -14,6 +14,8 @@ from helpers import pulse_jax, pulse_jax_here, start_python
 from PIL import Image
 
 from pulse_jax import cli
+from pulse_jax.errors import PulseJaxError
+from pulse_jax.journal import read_journals
 
 
 def write_png(path, size, seed, mode="RGB"):
@@ -78,7 +80,8 @@ def test_every_run_option_is_a_flag_and_is_reported(micro_model_dir, tmp_path):
     write_png(tmp_path / "x.png", 8, 5)
     r = pulse_jax_here("upsample", tmp_path / "x.png", "--model", micro_model_dir, "--out", tmp_path / "o",
                        "--steps", "2", "--quiet", "--remat", "--step-loop", "device", "--chunk-steps", "1",
-                       "--shard", "off", "--devices", "1", "--transposed-conv", "dilated", "--precision", "default")
+                       "--device-split", "off", "--devices", "1", "--transposed-conv", "dilated",
+                       "--precision", "default")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     options = report["run_options"]
@@ -164,11 +167,12 @@ def test_ctrl_c_keeps_what_is_finished(micro_model_dir, tmp_path):
         write_png(tmp_path / f"in{i}.png", 8, i)
     out = tmp_path / "out"
     proc = start_python("-m", "pulse_jax.cli", "upsample", tmp_path / "in0.png", tmp_path / "in1.png", "--model",
-                        micro_model_dir, "--out", out, "--steps", "3000", "--quiet")
-    def in0_finished():  # the report is written before each search too (its entry pending until done)
+                        micro_model_dir, "--out", out, "--steps", "3000", "--quiet", "--batch-size", "1")
+
+    def in0_finished():  # the journal records each input pending before its search, done after its files
         try:
-            return any(not e.get("pending") for e in json.loads((out / "report.json").read_text())["inputs"])
-        except (OSError, ValueError):
+            return any(not e.get("pending") for e in read_journals(out)[0].values())
+        except PulseJaxError:  # not created yet
             return False
 
     deadline = time.monotonic() + 600
@@ -193,19 +197,29 @@ def test_demo_with_a_model_directory(micro_model_dir, tmp_path):
     assert report["resolution"] == 32 and report["model"] == str(micro_model_dir)
 
 
-def test_a_signal_sets_stop_and_a_second_one_interrupts():
-    """In-process: the handler only sets the event (nothing JAX can swallow), says so, and is removed after."""
+def test_a_signal_sets_stop_and_a_second_one_ends_the_process(monkeypatch):
+    """In-process: the handler only sets the event (nothing JAX can swallow), says so, and is removed after;
+    a second one ends the process at once, without unwinding it (os._exit, stood in for here: the real one
+    is tests/red_team_test.py's), with 128 + the signal."""
     import signal
     import threading
 
-    from pulse_jax.cli import stop_on_signals
+    from pulse_jax import cli
 
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
     said, stop = [], threading.Event()
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), stop_on_signals(stop, said.append) as received:
+    with pytest.raises(Exited, match="130"), cli.stop_on_signals(stop, said.append) as received:
         signal.raise_signal(signal.SIGTERM)  # handled before it returns (see the test below)
         assert stop.is_set() and received == [signal.SIGTERM] and "SIGTERM: stopping" in said[0]
         signal.raise_signal(signal.SIGINT)
+    assert "SIGINT again: stopping now" in said[1]
     assert signal.getsignal(signal.SIGTERM) is before
 
 

@@ -173,9 +173,9 @@ def test_composition_round_trips_in_canonical_order(tmp_path):
 
 @pytest.mark.parametrize(("spec", "message"), [
     ("blur", "unknown degradation 'blur'"),
-    ("noise:1.5", "noise SIGMA must be in \\[0, 1\\]"),
-    ("noise:-0.1", "noise SIGMA must be in \\[0, 1\\]"),
-    ("noise:abc", "needs a number"),
+    ("noise:1.5", "noise SIGMA must be from 0 to 0.5"),
+    ("noise:-0.1", "noise SIGMA must be from 0 to 0.5"),
+    ("noise:abc", "needs a finite number"),
     ("kernel:/no/such.npy", "kernel:/no/such.npy: no such file"),
     ("bayer:RGBG", "unknown Bayer pattern"),
     ("bayer+gray", "bayer and gray exclude each other"),
@@ -194,7 +194,7 @@ def test_bad_kernels_and_sizes_are_refused(tmp_path):
     with pytest.raises(pj.PulseJaxError, match="2-D array"):
         Degradation.parse(f"kernel:{tmp_path / 'cube.npy'}")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(pj.PulseJaxError, match="not a plain .npy array"):
+    with pytest.raises(pj.PulseJaxError, match="array of Python objects"):
         Degradation.parse(f"kernel:{tmp_path / 'objects.npy'}")
     np.save(tmp_path / "big.npy", np.ones((9, 9)))
     with pytest.raises(pj.PulseJaxError, match="larger than the generator's 8x8"):

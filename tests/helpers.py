@@ -179,13 +179,14 @@ def save_checkpoint(obj, path: Path, fmt: str) -> Path:
 
 def upsample(model, inputs, out: Path, *, stop=None, log=None, processes=None, **kw) -> dict:
     """upsample_files without a progress bar: the UpsampleJob's fields, and OutputOptions' (all_seeds,
-    save_intermediate, overwrite), as keywords; config defaults to 2 steps."""
+    save_intermediate, overwrite, sheets), as keywords; config defaults to 2 steps."""
     import pulse_jax as pj
     from pulse_jax.job import OutputOptions, UpsampleJob
     from pulse_jax.upsample import ALONE, upsample_files
 
     kw.setdefault("config", pj.PulseConfig(steps=2))
-    outputs = OutputOptions(**{f: kw.pop(f) for f in ("all_seeds", "save_intermediate", "overwrite") if f in kw})
+    outputs = OutputOptions(**{f: kw.pop(f) for f in ("all_seeds", "save_intermediate", "overwrite", "sheets")
+                               if f in kw})
     job = UpsampleJob(model, output_options=outputs, **kw)
     return upsample_files(job, list(inputs), Path(out), show_progress=False, log=log or (lambda m: None),
                           processes=processes or ALONE, stop=stop)

@@ -45,9 +45,11 @@ def test_broken_files_are_user_errors(tmp_path):
     (tmp_path / "truncated.png").write_bytes(good.getvalue()[:60])
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("hello")
-    for name in ("truncated.png", "empty.png", "text.png", "missing.png"):
+    for name in ("truncated.png", "empty.png", "text.png"):
         with pytest.raises(PulseJaxError, match="cannot read image"):
             read_image(tmp_path / name)
+    with pytest.raises(PulseJaxError, match="missing.png does not exist"):
+        read_image(tmp_path / "missing.png")
 
 
 def test_decompression_bomb_limit_is_kept(tmp_path, monkeypatch):

@@ -38,7 +38,7 @@ def counter(monkeypatch, owner, name, calls: list, when=lambda *a, **k: True):
 
 
 def test_a_run_parses_reads_and_resolves_once(micro_model_dir, tmp_path, monkeypatch):
-    """Three inputs, a kernel file, one input per batch (a CPU's default): the kernel file is read once,
+    """Three inputs, a kernel file, one input per batch: the kernel file is read once,
     the degradation parsed once, the run options resolved once, one search spec per batch."""
     np.save(tmp_path / "k.npy", np.outer(np.hanning(5), np.hanning(5))[1:-1, 1:-1])
     calls: list[str] = []
@@ -47,7 +47,7 @@ def test_a_run_parses_reads_and_resolves_once(micro_model_dir, tmp_path, monkeyp
     counter(monkeypatch, config.RunOptions, "resolved", calls, when=lambda self: not self.is_resolved)
     counter(monkeypatch, driver, "make_spec", calls)
     code = cli.main(["upsample", str(inputs(tmp_path / "in")), "--model", str(micro_model_dir), "--out",
-                     str(tmp_path / "out"), "--steps", "2", "--quiet",
+                     str(tmp_path / "out"), "--steps", "2", "--quiet", "--batch-size", "1",
                      "--degradation", f"kernel:{tmp_path / 'k.npy'}+box"])
     assert code == 0
     assert sorted(calls) == ["load_kernel", "make_spec", "make_spec", "make_spec", "parse", "resolved"], calls

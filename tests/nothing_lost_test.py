@@ -1,6 +1,6 @@
 """End to end, as a user would break it: reruns with other settings, kill -9 mid-run, a full disk,
-two runs into one folder at once. Afterwards every finished output is intact, report.json lists every
-finished input once, and a rerun finishes the rest."""
+two runs into one folder at once. Afterwards every finished output is intact, the run journal (and the
+report.json made from it) lists every finished input once, and a rerun finishes the rest."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from PIL import Image
 
 import pulse_jax as pj
 from pulse_jax import safe_files
+from pulse_jax.journal import read_journals
 
 ROOT = Path(__file__).parents[1]
 NAMES = [f"face{i}" for i in range(5)]
@@ -32,19 +33,27 @@ def finish(*args):
     return pulse_jax("upsample", *args)
 
 
-def finished(out: Path) -> dict[str, str]:
-    """{file name: sha256} of every output the report calls finished."""
-    try:
-        report = json.loads((out / "report.json").read_text())
-    except (OSError, ValueError):
+def done_entries(out: Path) -> dict[str, dict]:
+    """The finished inputs' entries, as every journal in the folder records them (read only, while a run may
+    be writing)."""
+    if not out.is_dir():
         return {}
-    paths = [p for e in report["inputs"] if not e.get("pending")
-             for p in (e["outputs"]["image"], e["outputs"]["sheet"])]
+    return {name: e for name, e in read_journals(out)[0].items() if not e.get("pending")}
+
+
+def finished(out: Path) -> dict[str, str]:
+    """{file name: sha256} of every output the journal calls finished."""
+    paths = [p for e in done_entries(out).values() for p in (e["outputs"]["image"], e["outputs"]["sheet"])]
     return {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
 
 
 def listed(out: Path) -> list[str]:
-    return [e["input"] for e in json.loads((out / "report.json").read_text())["inputs"] if not e.get("pending")]
+    return sorted(done_entries(out))
+
+
+def reported(out: Path) -> list[str]:
+    """What report.json lists as finished (written at a run's end, or by pulse-jax report)."""
+    return sorted(e["input"] for e in json.loads((out / "report.json").read_text())["inputs"] if not e.get("pending"))
 
 
 @pytest.fixture
@@ -59,7 +68,7 @@ def faces(tmp_path):
 @pytest.mark.slow
 def test_kill_rerun_other_settings_and_concurrent_runs(micro_model_dir, faces, tmp_path):
     out = tmp_path / "out"
-    run = ["--model", micro_model_dir, "--out", out, "--quiet", "--steps", "300"]
+    run = ["--model", micro_model_dir, "--out", out, "--quiet", "--batch-size", "1", "--steps", "300"]
     proc = start(faces, *run)
     deadline = time.monotonic() + 300
     while not finished(out) and proc.poll() is None and time.monotonic() < deadline:
@@ -91,6 +100,7 @@ def test_kill_rerun_other_settings_and_concurrent_runs(micro_model_dir, faces, t
     assert "Traceback" not in r.stderr
     names = listed(out)
     assert len(names) == len(set(names)) and set(names) == set(NAMES) | {"extra00", "extra01", "extra10", "extra11"}
+    assert reported(out) == names  # the last run's report.json, made from the journal
     assert {k: v for k, v in finished(out).items() if k in before} == before
     assert not [p for p in out.iterdir() if safe_files.TEMP_MARK in p.name]
 
@@ -117,4 +127,5 @@ def test_a_full_disk_keeps_what_finished_and_the_rerun_does_the_rest(micro, face
     assert not [p for p in out.iterdir() if safe_files.TEMP_MARK in p.name]
     report = upsample(micro, inputs, out, config=config)
     assert report["skipped"] == ["face0", "face1"] and sorted(report["searched"]) == ["face2", "face3", "face4"]
-    assert listed(out) == NAMES and {k: v for k, v in finished(out).items() if k in before} == before
+    assert listed(out) == NAMES == reported(out)
+    assert {k: v for k, v in finished(out).items() if k in before} == before

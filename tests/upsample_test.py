@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +159,7 @@ def test_stop_drops_the_batch_being_searched_and_keeps_the_rest(micro, tmp_path,
     inputs = mixed_folder(tmp_path)[:2]
     out = tmp_path / "out"
     monkeypatch.setattr(batching, "search", stop_during_second)
-    report = run(micro, inputs, out, config=pj.PulseConfig(steps=4), stop=stop)
+    report = run(micro, inputs, out, config=pj.PulseConfig(steps=4), stop=stop, batch_size=1)
     assert report["stopped"] and [e["input"] for e in report["inputs"]] == ["a"]
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "a.png").is_file() and not (out / "b.png").exists()
@@ -242,9 +244,8 @@ def test_an_unfinished_output_is_redone_and_temporaries_cleaned(micro, tmp_path)
     a = png(tmp_path / "a.png", 0)
     out = tmp_path / "out"
     run(micro, [a], out)
-    report = json.loads((out / "report.json").read_text())
-    report["inputs"][0] = {**report["inputs"][0], "pending": True}  # as the kill leaves it
-    (out / "report.json").write_text(json.dumps(report))
+    with sqlite3.connect(out / "journal.sqlite") as c:  # as a kill leaves it: pending, its run gone
+        c.execute("UPDATE entries SET state = 'pending', owner = ?", (f"{socket.gethostname()}:{dead_pid()}",))
     stale = out / f".a_sheet.png{TEMP_MARK}{_HOST}-{dead_pid()}-abc"
     stale.write_bytes(b"half")
     live = out / f".b.png{TEMP_MARK}{_HOST}-{os.getpid()}-abc"  # a concurrent live writer's: left alone

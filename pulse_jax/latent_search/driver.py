@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -53,6 +54,31 @@ class SearchResult:
     noise: list[np.ndarray]   # one (N, S, r_i, r_i) array per noise map: final noise maps
     seconds: float            # wall time of the search, compile included
     compile_seconds: float    # of which the first chunk's compile
+
+
+def example_bytes(model: Model, steps: int, latent_rows: int) -> int:
+    """What one (image, seed) of a search holds at the least, in bytes: its state (the latent and the noise
+    maps with their optimiser moments and best values, its loss histories) and its image, which the result
+    brings to this host."""
+    maps = sum(r * c for r, c in model.noise_shapes())
+    return 4 * (6 * (latent_rows * model.generator.dlatent_size + maps) + 2 * steps
+                + 3 * model.generator.resolution ** 2)
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_size(model: Model, examples: int, steps: int, latent_rows: int, what: str) -> None:
+    """Refuse, with the size, a search whose state alone cannot fit this machine's memory (instead of
+    growing until the system kills the process)."""
+    need, have = examples * example_bytes(model, steps, latent_rows), physical_memory()
+    if have is not None and need > 0.8 * have:
+        raise PulseJaxError(f"{what}: the search's state alone would take {need / 2**30:,.1f} GiB, more than this "
+                            f"machine's {have / 2**30:,.1f} GiB of memory allows; use fewer seeds or images")
 
 
 def check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, latent_rows: int) -> None:
@@ -133,6 +159,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     lr_images = jnp.asarray(lr_images, jnp.float32)
     spec = make_spec(model.generator, config, lr_images.shape[1], options)
     check_inputs(model, lr_images, init, seeds, spec.latent_rows)
+    check_size(model, lr_images.shape[0] * seeds, config.steps, spec.latent_rows,
+               f"{lr_images.shape[0]} images x {seeds} seeds")
     spec.degradation.check(model.generator.resolution, lr_images.shape[1])
     masks = _checked_masks(spec.degradation, masks, lr_images)
     started = time.perf_counter()
