@@ -434,7 +434,8 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
                 f"{printable(item.path)}: its outputs' names would be {longest} bytes long, and this filesystem allows "
                 f"{name_max}; rename the input (shorter)")})
             continue
-        planned = [p.resolve() for p in planned_outputs(out_dir, item.name, seeds, outputs)]
+        named = planned_outputs(out_dir, item.name, seeds, outputs)
+        planned = [p.resolve() for p in named]  # compared resolved (links, ..); named as the user sees them
         done = previous.get(item.name)
         where = printable(item.path)
         clash = next((p for p in planned if claimed.get(p, item.name) != item.name), None)
@@ -456,7 +457,7 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
         else:
             reason = None
             ours = done is not None and done.get("pending")  # unfinished by an earlier run: redo, replacing
-            existing = next((p for p in planned if p.exists()), None)
+            existing = next((p for p in named if p.exists() or p.is_symlink()), None)
             if existing is not None and not ours and not outputs.overwrite:
                 why = ("from other settings (or another version of the input)" if done is not None else
                        "and is not recorded as an output of this folder's runs")

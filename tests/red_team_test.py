@@ -120,6 +120,41 @@ def test_the_demo_replaces_only_what_a_demo_wrote(micro_model_dir, tmp_path):
         assert r.returncode == 0, r.stderr
 
 
+def test_align_never_replaces_a_face_or_photo_it_did_not_write(micro_model_dir, tmp_path):
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()).save(photos / "astronaut.png")
+    out = tmp_path / "faces"
+    out.mkdir()
+    (out / "astronaut_0.png").write_bytes(b"a face the user kept")
+    before = digests(tmp_path)
+    r = pulse_jax_here("align", photos, "--out", out, "--size", "32")
+    assert r.returncode == 1 and "astronaut_0.png exists and holds something else" in r.stderr, r.stderr
+    assert digests(tmp_path) == before
+    # --out is the photo folder: refused before any face is written
+    r = pulse_jax_here("align", photos, "--out", photos, "--size", "32")
+    one_line_error(r, "--out")
+    assert digests(tmp_path) == before
+    # two photos of one name in two folders: the second's faces would take the first's names
+    other = tmp_path / "more"
+    other.mkdir()
+    Image.fromarray(data.astronaut()[:, ::-1]).save(other / "astronaut.png")
+    r = pulse_jax_here("align", photos / "astronaut.png", other / "astronaut.png", "--out", tmp_path / "new")
+    assert r.returncode == 1 and "would have the names of" in r.stderr, r.stderr
+    assert pulse_jax_here("align", photos / "astronaut.png", "--out", tmp_path / "first").returncode == 0
+    by_name = lambda folder: {Path(k).name: v for k, v in digests(folder).items()}  # noqa: E731
+    assert by_name(tmp_path / "new") == by_name(tmp_path / "first")  # the first photo's faces only
+    # upsample --align: a file of the user's in out/aligned stays as it is
+    (tmp_path / "up" / "aligned").mkdir(parents=True)
+    (tmp_path / "up" / "aligned" / "astronaut_0.png").write_bytes(b"mine")
+    r = pulse_jax_here("upsample", photos, "--align", "--model", micro_model_dir, "--out", tmp_path / "up",
+                       "--steps", "1", "--quiet")
+    assert (tmp_path / "up" / "aligned" / "astronaut_0.png").read_bytes() == b"mine"
+    assert "holds something else" in r.stderr + r.stdout + (tmp_path / "up" / "report.json").read_text()
+
+
 def test_convert_overwrite_keeps_a_users_file_inside_params(tmp_path):
     sd = ref.random_synthesis_state_dict(32, 256, 32, seed=0)
     synthesis = save_checkpoint(sd, tmp_path / "s.pt", "zip")
@@ -307,6 +342,30 @@ def test_a_report_json_damaged_by_hand_does_not_stop_a_rerun(micro, tmp_path):
                                      '{"input": ["f1"]}, {"outputs": {"image": 7}}, "junk"]}')
     report = upsample(micro, inputs, out, overwrite=True)
     assert sorted(report["searched"]) == ["f0", "f1"] and not report["failed"]
+
+
+def test_an_output_name_taken_by_a_link_is_named_as_the_link_and_left_alone(micro, tmp_path):
+    target = tmp_path / "elsewhere" / "photo.png"
+    png(target, 5)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to(target)
+    before = digests(tmp_path / "elsewhere")
+    report = upsample(micro, [png(tmp_path / "in" / "a.png")], out)
+    error = report["failed"][0]["error"]
+    assert f"{out / 'a.png'} exists" in error and "elsewhere" not in error, error
+    assert (out / "a.png").is_symlink() and digests(tmp_path / "elsewhere") == before
+
+
+def test_a_model_json_with_values_of_the_wrong_type_is_one_line(micro, tmp_path):
+    import json
+
+    out = pj.save_model(micro, tmp_path / "m")
+    meta = json.loads((out / "model.json").read_text())
+    meta["architecture"] = ["x"]
+    (out / "model.json").write_text(json.dumps(meta))
+    r = pulse_jax_here("upsample", png(tmp_path / "in" / "a.png"), "--model", out, "--out", tmp_path / "o")
+    one_line_error(r, "architecture")
 
 
 def test_an_input_name_too_long_for_its_outputs_is_skipped_with_the_reason(micro, tmp_path):
