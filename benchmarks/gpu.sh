@@ -3,6 +3,7 @@
 # orbax, torch). Writes JSON and markdown to $OUT (or ./gpu_out) and prints the tables. Each section has
 # its own time limit so one overrun does not lose the rest.
 #   bash benchmarks/gpu.sh          the whole table (about 8 minutes)
+#   bash benchmarks/gpu.sh throughput  the search-idle fraction at 1024 px and the bookkeeping per input
 #   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (9 minutes at most): the
 #                                   most seeds that fit at 1024 (TF32), found by running sizes in fresh
 #                                   processes from a guess; ours at 32 seeds (TF32); the PyTorch loop's
@@ -47,7 +48,12 @@ run() {  # run SECONDS NAME ARGS...: one bench invocation with its own limit (BE
   pack
 }
 
-if [ "$MODE" = missing ]; then
+if [ "$MODE" = throughput ]; then
+  # The run as a whole: how idle the search is at 1024 px between batches (reading, encoding, journal),
+  # and the per-input cost of the bookkeeping over folders of tiny inputs (not in the markdown table).
+  BENCH=benchmarks/throughput.py run 240 throughput_idle_1024 --idle --resolution 1024 --inputs 16 --steps 20
+  BENCH=benchmarks/throughput.py run 200 throughput_tiny --n 100 1000
+elif [ "$MODE" = missing ]; then
   # In order of importance, each with its own limit, so that a long one cannot cost those after it, and a
   # late start cannot squeeze the one measurement #4 waits for.
   # TF32 is how PULSE runs on a GPU. No table rows: this process must hold no device memory while the
