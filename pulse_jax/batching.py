@@ -60,6 +60,8 @@ def concat_results(parts: Sequence[SearchResult], axis: str) -> SearchResult:
         values = [getattr(p, field.name) for p in parts]
         if field.name in ("seconds", "compile_seconds"):
             merged[field.name] = float(sum(values))
+        elif field.name == "searched_noise":  # the same spec in every part
+            merged[field.name] = values[0]
         elif field.name == "noise":
             merged[field.name] = [np.concatenate(maps, axis=image_axis) for maps in zip(*values, strict=True)]
         else:

@@ -78,6 +78,9 @@ class PulseConfig:
                                 "rosinality's checkpoints; NVIDIA's randomize_noise=False) instead of N(0, 1) draws: "
                                 "with --noise-type fixed they stay so, with trainable the first maps are optimised "
                                 "from there; bad layers stay zero")  # not in the reference
+    normalize_noise: bool = option(  # not in the reference
+        False, "after each step set every searched noise map to zero mean and unit variance (NVIDIA's StyleGAN2 "
+        "projector; PULSE only rescales them)")
     tile_latent: bool = option(False, "search one latent vector for all layers")
     opt_name: str = option("adam", "optimiser", choices=OPTIMIZERS)
     learning_rate: float = option(0.4, "base learning rate")
@@ -96,8 +99,9 @@ class PulseConfig:
         parse_loss_str(self.loss_str)
         if self.noise_type not in NOISE_TYPES:
             raise PulseJaxError(f"unknown noise_type {self.noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
-        if not isinstance(self.stored_noise, bool):
-            raise PulseJaxError(f"stored_noise must be True or False, got {self.stored_noise!r}")
+        for name in ("stored_noise", "normalize_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise PulseJaxError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.opt_name not in OPTIMIZERS:
             raise PulseJaxError(f"unknown opt_name {self.opt_name!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in SCHEDULES:
@@ -174,8 +178,9 @@ class PulseConfig:
         d["degradation"] = str(self.degradation)
         d["eps"] = self.effective_eps  # the number used (eps_reason says why): hashes as before eps was optional
         d["bad_noise_layers"] = None if self.bad_noise_layers is None else list(self.bad_noise_layers)
-        if not self.stored_noise:
-            del d["stored_noise"]  # so that a configuration of before the option hashes as it did
+        for added_later in ("stored_noise", "normalize_noise"):
+            if not d[added_later]:
+                del d[added_later]  # so that a configuration of before the option hashes as it did
         return d
 
     def hash(self) -> str:

@@ -75,6 +75,24 @@ def geocross_loss(w: jax.Array) -> jax.Array:
     return jnp.mean(w.shape[-1] * jnp.square(d)) / 8.0
 
 
+def noise_regularization(maps) -> jax.Array:
+    """The squared autocorrelation of each searched noise map at a shift of one pixel, down and across
+    (wrapping), summed over a pyramid of 2x2-averaged versions of the map down to 8x8 (NVIDIA's StyleGAN2
+    projector, docs/pulse.md "Losses"): near 0 for white noise, large for the smooth, structured maps an
+    unconstrained search drifts to. 0 without searched maps."""
+    total = jnp.zeros((), jnp.float32)
+    for v in maps:
+        x = v.reshape(v.shape[-2:])
+        while True:
+            total = total + jnp.square(jnp.mean(x * jnp.roll(x, 1, axis=1)))
+            total = total + jnp.square(jnp.mean(x * jnp.roll(x, 1, axis=0)))
+            if x.shape[0] <= 8:
+                break
+            h, w = x.shape
+            x = x.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    return total
+
+
 class LossInputs(NamedTuple):
     """What a loss term may look at, for one (image, seed)."""
 
@@ -84,6 +102,7 @@ class LossInputs(NamedTuple):
     eps: float                # the success threshold; L2 and L1 are clamped at it
     w: jax.Array              # the searched styles, (Lt, D): Lt = 1 with tile_latent
     noise: tuple              # every noise map the generator takes, (1, r, r) each
+    searched_noise: tuple = ()  # the maps the search optimises (a subset of noise), (1, r, r) each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +117,8 @@ LOSSES: dict[str, LossTerm] = {
     "L1": LossTerm(lambda x: l1_loss(x.lr_gen, x.target, x.eps, x.weight),
                    "10 * max(mean absolute error of the degraded image, eps)"),
     "GEOCROSS": LossTerm(lambda x: geocross_loss(x.w), "geodesic distances between the W+ rows"),
+    "NOISEREG": LossTerm(lambda x: noise_regularization(x.searched_noise),
+                         "squared 1-pixel autocorrelations of the searched noise maps over a 2x pyramid"),
 }
 
 

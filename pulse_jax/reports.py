@@ -55,9 +55,19 @@ def seed_entries(result, n: int) -> list[dict]:
          "best_loss": float(result.best_loss[n, s]),
          "best_l2": float(result.best_l2[n, s]), "min_l2": float(result.min_l2[n, s]),
          "best_step": int(result.best_step[n, s]), "first_l2": float(result.l2_history[0, n, s]),
-         "final_loss": float(result.loss_history[-1, n, s])}
+         "final_loss": float(result.loss_history[-1, n, s]), **searched_noise_figures(result, n, s)}
         for s in range(result.success.shape[1])
     ]
+
+
+def searched_noise_figures(result, n: int, s: int) -> dict:
+    """Each searched noise map's mean and std at the end (N(0, 1) at the start): how far the search took
+    them (PULSE's critics: "extreme values"). Nothing without searched maps."""
+    maps = getattr(result, "searched_noise", ())
+    if not maps:
+        return {}
+    return {"searched_noise": [{"map": int(i), "mean": float(np.mean(result.noise[i][n, s])),
+                                "std": float(np.std(result.noise[i][n, s]))} for i in maps]}
 
 
 def _tile(image: np.ndarray, resample) -> Image.Image:

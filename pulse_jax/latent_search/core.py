@@ -58,6 +58,7 @@ class Spec:
     steps: int
     precision: str
     remat: bool
+    normalize_noise: bool = False  # searched maps to zero mean, unit variance after each step
 
     @property
     def noise_shapes(self) -> tuple:
@@ -86,6 +87,7 @@ def make_spec(generator: Generator, config: PulseConfig, lr_size: int, options: 
         degradation=config.degradation,
         opt_name=config.opt_name, learning_rate=float(config.learning_rate), lr_schedule=config.lr_schedule,
         steps=config.steps, precision=options.precision, remat=options.remat,
+        normalize_noise=config.normalize_noise,
     )
 
 
@@ -117,7 +119,7 @@ def objective(params, fixed_noise, lr_image, mask, gen_params, fit, spec: Spec):
     target = d.observe(lr_image[None])[0]
     weight = mask[..., None] if d.mask else None
     noise = tuple(all_noise(spec, params["noise"], fixed_noise))
-    total = total_loss(spec.terms, LossInputs(lr_gen, target, weight, spec.eps, w, noise))
+    total = total_loss(spec.terms, LossInputs(lr_gen, target, weight, spec.eps, w, noise, tuple(params["noise"])))
     return total, mse(lr_gen, target, weight)
 
 
@@ -159,6 +161,8 @@ def step_one(spec: Spec, state: SearchState, lr_image, mask, gen_params, fit) ->
                                          state.params, state.best_params)
     updates, opt_state = spec.optimizer().update(grads, state.opt_state, state.params)
     params = sphere_project(optax.apply_updates(state.params, updates), state.sphere)
+    if spec.normalize_noise:
+        params = {**params, "noise": tuple(normalized(x) for x in params["noise"])}
     # A diverged seed is frozen where it was (its neighbours in the batch are unaffected).
     params, opt_state = jax.tree_util.tree_map(lambda new, old: jnp.where(diverged, old, new),
                                                (params, opt_state), (state.params, state.opt_state))
@@ -172,6 +176,12 @@ def step_one(spec: Spec, state: SearchState, lr_image, mask, gen_params, fit) ->
         loss_history=state.loss_history.at[state.step].set(total),
         l2_history=state.l2_history.at[state.step].set(l2),
     )
+
+
+def normalized(noise_map: jax.Array) -> jax.Array:
+    """Zero mean and unit variance (over the whole map), as NVIDIA's projector sets its maps each step."""
+    centred = noise_map - jnp.mean(noise_map)
+    return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred)) + 1e-12)
 
 
 def image_one(spec: Spec, gen_params, fit, params, fixed_noise) -> jax.Array:

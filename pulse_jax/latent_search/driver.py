@@ -54,6 +54,7 @@ class SearchResult:
     noise: list[np.ndarray]   # one (N, S, r_i, r_i) array per noise map: final noise maps
     seconds: float            # wall time of the search, compile included
     compile_seconds: float    # of which the first chunk's compile
+    searched_noise: tuple = ()  # indices (into noise) of the maps the search optimised
 
 
 def example_bytes(model: Model, steps: int, latent_rows: int) -> int:
@@ -216,5 +217,5 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         best_step=host.best_step, best_loss=host.best_loss, best_l2=host.best_l2, min_l2=host.min_l2,
         diverged=host.diverged,
         latent=host.params["latent"], noise=[np.asarray(x)[:, :, 0] for x in noise_maps],
-        seconds=time.perf_counter() - started, compile_seconds=compile_seconds,
+        seconds=time.perf_counter() - started, compile_seconds=compile_seconds, searched_noise=spec.trainable,
     )

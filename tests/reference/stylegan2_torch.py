@@ -142,3 +142,19 @@ def const_noise(sd) -> list[torch.Tensor]:
     names = [k for k in sd if k.endswith(".noise_const")]
     order = sorted(names, key=lambda k: (int(k.split(".")[1][1:]), k.split(".")[2]))
     return [sd[k] for k in order]
+
+
+def noise_regularization(maps: list[torch.Tensor]) -> torch.Tensor:
+    """NVIDIA's StyleGAN2 projector's noise regularisation, from its formula: for each map (H, W), and its
+    2x2 average pools while larger than 8x8, the squared mean products with the map rolled by one pixel
+    along each axis, summed."""
+    reg = torch.zeros((), dtype=maps[0].dtype)
+    for v in maps:
+        x = v.reshape(1, 1, *v.shape[-2:])
+        while True:
+            reg = reg + (x * torch.roll(x, shifts=1, dims=3)).mean() ** 2
+            reg = reg + (x * torch.roll(x, shifts=1, dims=2)).mean() ** 2
+            if x.shape[2] <= 8:
+                break
+            x = torch.nn.functional.avg_pool2d(x, kernel_size=2)
+    return reg
