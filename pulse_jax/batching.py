@@ -62,7 +62,7 @@ def concat_results(parts: Sequence[SearchResult], axis: str) -> SearchResult:
             merged[field.name] = float(sum(values))
         elif field.name == "searched_noise":  # the same spec in every part
             merged[field.name] = values[0]
-        elif field.name == "noise":
+        elif field.name in ("noise", "best_noise"):
             merged[field.name] = [np.concatenate(maps, axis=image_axis) for maps in zip(*values, strict=True)]
         else:
             history = field.name in ("loss_history", "l2_history")

@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "journals, and print a summary")
     rep.add_argument("out", help="an output folder of pulse-jax upsample")
 
+    ren = sub.add_parser("render", help="draw the images of saved latents again (upsample --save-latents, or "
+                                        "NVIDIA's projected_w.npz)")
+    ren.add_argument("latents", nargs="+", help="<stem>_latents.npz files")
+    ren.add_argument("--model", required=True, help="the model directory they were found with")
+    ren.add_argument("--out", required=True, type=path_arg, help="output folder: <stem>_seed<k>.png per seed")
+    ren.add_argument("--force", action="store_true", help="render with a model other than the one recorded")
+
     al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
     al.add_argument("photos", nargs="+", help="photo files or folders")
     al.add_argument("--out", required=True, type=path_arg, help="output folder: <stem>_<k>.png per face")
@@ -361,6 +368,27 @@ def _list_failures(failed: list[dict]) -> None:
               file=sys.stderr)
 
 
+def _render(args) -> int:
+    """Each file's seeds as <stem>_seed<k>.png; a file of ours through the search's own image program (the
+    very images the run wrote, on the same backend)."""
+    from pulse_jax import latents
+    from pulse_jax.images import save_png_keeping_others
+    from pulse_jax.model import load_model
+
+    model = load_model(args.model)
+    out = Path(args.out)
+    found = []
+    for name in args.latents:
+        path = Path(name)
+        found.append((path, latents.read(path)))
+        latents.check_model(found[-1][1], model, path, force=args.force)
+    for path, saved in found:
+        stem = path.name.removesuffix(".npz").removesuffix(latents.SUFFIX.removesuffix(".npz"))
+        for k, image in enumerate(latents.render(model, saved)):
+            print(save_png_keeping_others(image, out / f"{stem}_seed{k}.png"))
+    return 0
+
+
 def _report(args) -> int:
     """Rewrite report.json and index.html from the folder's journals; a one-screen summary."""
     from pulse_jax.upsample import write_folder_report
@@ -458,7 +486,8 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
     args = build_parser().parse_args(argv)
     args.early_signals = early
     try:
-        return {"upsample": _upsample, "align": _align, "demo": _demo, "report": _report}[args.command](args)
+        return {"upsample": _upsample, "align": _align, "demo": _demo, "report": _report,
+                "render": _render}[args.command](args)
     except PulseJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -163,7 +163,7 @@ def entry_paths(entry: dict) -> list[str]:
     if not isinstance(outputs, dict):
         return []
     seeds, planned = outputs.get("seeds"), outputs.get("planned")
-    paths = [outputs.get("image"), outputs.get("sheet"), outputs.get("search_gif"),
+    paths = [outputs.get("image"), outputs.get("sheet"), outputs.get("search_gif"), outputs.get("latents"),
              *(seeds if isinstance(seeds, list) else []), *(planned if isinstance(planned, list) else [])]
     return [p for p in paths if isinstance(p, str) and p]
 

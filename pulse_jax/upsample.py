@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from pulse_jax import latents
 from pulse_jax.batching import MemoryLimit, SearchRequest, batches, default_batch_size, search_fitting
 from pulse_jax.config import PulseConfig
 from pulse_jax.distributed import ProcessGroup
@@ -360,6 +361,9 @@ def _write_input(run: _Run, item: InputImage, lr: np.ndarray, result, n: int, co
                                            degradation=str(config.degradation), seeds=shown))
     if job.output_options.all_seeds:
         outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png")) for s in range(seeds)]
+    if job.output_options.save_latents:
+        found = latents.of_result(result, n, job.model, config, job.options)
+        outputs["latents"] = str(latents.write(found, out_dir / f"{stem}{latents.SUFFIX}"))
     if job.output_options.save_intermediate and frames:
         outputs["search_gif"] = str(save_gif([f[n, k] for f in frames], out_dir / f"{stem}_search.gif"))
     success = bool(result.success[n].any())
@@ -376,6 +380,11 @@ def _write_input(run: _Run, item: InputImage, lr: np.ndarray, result, n: int, co
             "compile_seconds": result.compile_seconds}
 
 
+def recorded_names(entry: dict) -> set[str]:
+    """The names of the files an entry records (all in the output folder, however --out was spelled)."""
+    return {Path(p).name for p in entry_paths(entry)}
+
+
 def planned_outputs(out_dir: Path, name: str, seeds: int, outputs: OutputOptions) -> list[Path]:
     """Every file this run will write for the input ``name`` (checked for clashes before any search)."""
     paths = [out_dir / f"{name}.png"]
@@ -385,6 +394,8 @@ def planned_outputs(out_dir: Path, name: str, seeds: int, outputs: OutputOptions
         paths += [out_dir / f"{name}_seed{s}.png" for s in range(seeds)]
     if outputs.save_intermediate:
         paths.append(out_dir / f"{name}_search.gif")
+    if outputs.save_latents:
+        paths.append(out_dir / f"{name}{latents.SUFFIX}")
     return paths
 
 
@@ -451,13 +462,17 @@ def plan(items: list[InputImage], previous: dict[str, dict], out_dir: Path, inpu
         elif over_input is not None:
             reason = f"{where}: its output would replace the input file {over_input}; choose another --out"
         elif (done is not None and not outputs.overwrite and done.get("run_key") == key and outputs_exist(done)
-              and done.get("input_sha256") == item.sha256):
+              and done.get("input_sha256") == item.sha256 and {p.name for p in named} <= recorded_names(done)):
             kept[item.name] = done
             reason = None
         else:
             reason = None
             ours = done is not None and done.get("pending")  # unfinished by an earlier run: redo, replacing
-            existing = next((p for p in named if p.exists() or p.is_symlink()), None)
+            # Done with these settings, but asked for more (--all-seeds, --save-latents, ...): redone,
+            # replacing only the files its entry records.
+            same = done is not None and done.get("run_key") == key and done.get("input_sha256") == item.sha256
+            recorded = recorded_names(done) if same else set()
+            existing = next((p for p in named if (p.exists() or p.is_symlink()) and p.name not in recorded), None)
             if existing is not None and not ours and not outputs.overwrite:
                 why = ("from other settings (or another version of the input)" if done is not None else
                        "and is not recorded as an output of this folder's runs")

@@ -123,9 +123,13 @@ def test_a_full_disk_keeps_what_finished_and_the_rerun_does_the_rest(micro, face
         upsample(micro, inputs, out, config=config)
     monkeypatch.setattr(safe_files.os, "replace", real_replace)
     before = finished(out)
-    assert set(listed(out)) == {"face0", "face1"} and before
+    # What finished is kept: face0 and face1, and whichever input a second writer thread finished while
+    # face2's write was failing; never face2, and nothing after the stop was seen.
+    kept = set(listed(out))
+    assert {"face0", "face1"} <= kept <= {"face0", "face1", "face3"} and before
     assert not [p for p in out.iterdir() if safe_files.TEMP_MARK in p.name]
     report = upsample(micro, inputs, out, config=config)
-    assert report["skipped"] == ["face0", "face1"] and sorted(report["searched"]) == ["face2", "face3", "face4"]
+    assert sorted(report["skipped"]) == sorted(kept)
+    assert sorted(report["searched"]) == sorted(set(NAMES) - kept)
     assert listed(out) == NAMES == reported(out)
     assert {k: v for k, v in finished(out).items() if k in before} == before

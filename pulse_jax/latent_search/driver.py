@@ -55,6 +55,8 @@ class SearchResult:
     seconds: float            # wall time of the search, compile included
     compile_seconds: float    # of which the first chunk's compile
     searched_noise: tuple = ()  # indices (into noise) of the maps the search optimised
+    best_latent: np.ndarray | None = None  # (N, S, Lt, D): the latent of the returned image's step
+    best_noise: list | None = None         # one (N, S, r_i, r_i) array per noise map, of that step
 
 
 def example_bytes(model: Model, steps: int, latent_rows: int) -> int:
@@ -207,8 +209,9 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     state = programs.join_seeds(parts)
     images = programs.images_of(spec, state.best_params, state.fixed_noise, gen_params, fit)
     noise_maps = all_noise(spec, state.params["noise"], state.fixed_noise)
+    best_maps = all_noise(spec, state.best_params["noise"], state.fixed_noise)
     fetch = jax.device_get if placement is None else placement.fetch
-    images, noise_maps, host = fetch((images, noise_maps, state))
+    images, noise_maps, best_maps, host = fetch((images, noise_maps, best_maps, state))
     return SearchResult(
         images=np.asarray(images),
         loss_history=np.moveaxis(host.loss_history, -1, 0),
@@ -218,4 +221,5 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         diverged=host.diverged,
         latent=host.params["latent"], noise=[np.asarray(x)[:, :, 0] for x in noise_maps],
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds, searched_noise=spec.trainable,
+        best_latent=host.best_params["latent"], best_noise=[np.asarray(x)[:, :, 0] for x in best_maps],
     )
