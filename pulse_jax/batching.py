@@ -11,6 +11,7 @@ import numpy as np
 from pulse_jax.config import PulseConfig, RunOptions
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.latent_search import SearchResult, search
+from pulse_jax.latent_search.driver import SearchInit
 from pulse_jax.model import Model
 
 # Examples (inputs x seeds) searched together per device by default. On a GPU throughput grows with them
@@ -82,6 +83,7 @@ class SearchRequest:
     keys: Any               # (N,) random keys, one per image
     masks: np.ndarray | None = None
     seed_offset: int = 0    # the first seed's index: seeds split over searches keep their keys
+    init: SearchInit | None = None  # start values (N, S, ...), or drawn
 
     @property
     def num_images(self) -> int:
@@ -89,14 +91,22 @@ class SearchRequest:
 
     def image_range(self, a: int, b: int) -> SearchRequest:
         return dataclasses.replace(self, lr_images=self.lr_images[a:b], keys=self.keys[a:b],
-                                   masks=None if self.masks is None else self.masks[a:b])
+                                   masks=None if self.masks is None else self.masks[a:b],
+                                   init=_sliced(self.init, (slice(a, b),)))
 
     def seed_range(self, a: int, b: int) -> SearchRequest:
-        return dataclasses.replace(self, seeds=b - a, seed_offset=self.seed_offset + a)
+        return dataclasses.replace(self, seeds=b - a, seed_offset=self.seed_offset + a,
+                                   init=_sliced(self.init, (slice(None), slice(a, b))))
 
     def run(self, on_chunk=None) -> SearchResult:
         return search(self.model, self.lr_images, self.config, self.options, seeds=self.seeds, key=self.keys,
-                      on_chunk=on_chunk, seed_offset=self.seed_offset, masks=self.masks)
+                      on_chunk=on_chunk, seed_offset=self.seed_offset, masks=self.masks, init=self.init)
+
+
+def _sliced(init: SearchInit | None, index: tuple) -> SearchInit | None:
+    if init is None:
+        return None
+    return SearchInit(init.latent[index], None if init.noise is None else [x[index] for x in init.noise])
 
 
 @dataclasses.dataclass

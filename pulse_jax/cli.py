@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "TPU about 32 per device (throughput grows up to there); halved when it does not fit")
     add_fields(up, OutputOptions, reference_spellings=True)
     add_run_options(up)
+    up.add_argument("--init-latents", metavar="FILE",
+                    help="start every search from saved latents instead of random draws: a <stem>_latents.npz "
+                         "(its latent and noise maps: continue a search) or NVIDIA's projected_w.npz (w only; "
+                         "the noise maps drawn); one seed in the file starts every seed")
     up.add_argument("--fit", type=positive_int, metavar="SIZE",
                     help="centre-crop each input to a square and resize it to SIZE (bicubic) instead of refusing "
                          "sizes that are not square or do not divide the resolution")
@@ -336,8 +340,14 @@ def _upsample_here(args, config, group, log, stop) -> dict:
     input_options = InputOptions(fit=None if args.align else args.fit, mask=mask,
                                  align=(args.fit or 32) if args.align else None)
     outputs = OutputOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OutputOptions)})
+    start = None
+    if args.init_latents is not None:
+        from pulse_jax.latents import start_values
+
+        start = start_values(args.init_latents, model, config, args.seeds)
     job = UpsampleJob(model, config, run_options_from_args(args, model.generator), seeds=args.seeds,
-                      seed=args.seed, batch_size=args.batch_size, input_options=input_options, output_options=outputs)
+                      seed=args.seed, batch_size=args.batch_size, input_options=input_options, output_options=outputs,
+                      start=start)
     return upsample_files(job, inputs, Path(args.out), log=log, show_progress=not args.quiet, processes=group,
                           shard=args.input_shard, stop=stop)
 

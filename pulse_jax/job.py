@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class UpsampleJob:
     batch_size: int | None = None
     input_options: InputOptions = InputOptions()
     output_options: OutputOptions = OutputOptions()
+    start: Any = None  # latents.StartValues: every search starts there (--init-latents), else drawn
 
     def __post_init__(self):
         object.__setattr__(self, "options", self.options.resolved())
@@ -91,6 +93,8 @@ class UpsampleJob:
         kernel = config.degradation.kernel
         if kernel is not None:  # the spec names the file; what counts is what it held when read
             extra["kernel"] = kernel.sha256
+        if self.start is not None:
+            extra["init_latents"] = self.start.sha256
         digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:12]
         return (f"{config.hash()}-s{self.seeds}-seed{self.seed}-{options.precision}-"
                 f"r{self.model.generator.resolution}-{digest}")

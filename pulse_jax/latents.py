@@ -210,3 +210,52 @@ def _search_fields(config: dict) -> dict:
 
     fields = {f for f in PulseConfig.__dataclass_fields__ if f != "degradation"}
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in fields and k != "eps"}
+
+
+@dataclass(frozen=True)
+class StartValues:
+    """Where every search of a run starts (``--init-latents``): one file's latent, per seed or one for all
+    seeds, and its noise maps where it has them (else drawn as usual). ``sha256``: the file's bytes, part of
+    the run key."""
+
+    latent: np.ndarray                       # (S or 1, Lt, D)
+    noise: tuple[np.ndarray, ...] | None     # (S or 1, r, r) per map
+    sha256: str
+
+    def for_batch(self, images: int, seeds: int):
+        """SearchInit for ``images`` inputs x ``seeds`` seeds."""
+        from pulse_jax.latent_search.driver import SearchInit
+
+        tile = lambda x: np.broadcast_to(x[None], (images, seeds, *x.shape[1:]))  # noqa: E731
+        return SearchInit(tile(self.latent), None if self.noise is None else [tile(x) for x in self.noise])
+
+
+def start_values(path: str | Path, model, config, seeds: int) -> StartValues:
+    """A latents file as the start of every search of a run: ours (its searched latent and noise maps),
+    or a W+ alone (NVIDIA's projected_w.npz: the latent that gives that w under this model's gaussian fit,
+    the inverse of w = leaky_relu(latent * std + mean), slope 0.2 below zero). PulseJaxError when it does
+    not fit the model, the seeds or tile_latent."""
+    import hashlib
+
+    path = Path(path)
+    saved = read(path)
+    check_model(saved, model, path, force=True)  # another model's latents may start a search: shapes only
+    if saved.seeds not in (1, seeds):
+        raise PulseJaxError(f"{path} holds {saved.seeds} seeds' latents; give --seeds {saved.seeds}, or a file with "
+                            "one (every seed starts from it)")
+    if saved.latent is not None:
+        latent = saved.latent
+    else:
+        if model.gaussian_fit is None:
+            raise PulseJaxError(f"{path} holds w only, and the model has no gaussian fit to invert")
+        mean, std = (np.asarray(x, np.float64) for x in model.gaussian_fit)
+        w = saved.w.astype(np.float64)
+        latent = ((np.where(w >= 0, w, w / 0.2) - mean[None, None]) / std[None, None]).astype(np.float32)
+    rows = 1 if config.tile_latent else model.num_ws
+    if latent.shape[1] != rows:
+        if rows == 1 and np.all(latent == latent[:, :1]):
+            latent = latent[:, :1]  # one style on every row: what tile_latent searches
+        else:
+            raise PulseJaxError(f"{path} holds {latent.shape[1]} latent rows per seed; this search takes {rows} "
+                                + ("(--tile-latent: one row)" if rows == 1 else "(drop --tile-latent)"))
+    return StartValues(latent, saved.noise or None, hashlib.sha256(path.read_bytes()).hexdigest())

@@ -126,3 +126,30 @@ def test_files_that_are_not_latents_are_refused_before_reading(tmp_path):
         with pytest.raises(pj.PulseJaxError, match=needle):
             latents.read(path)
     assert not marker.exists()
+
+
+def test_init_latents_continues_a_search_where_it_left_off(run, micro_model_dir, micro, tmp_path):
+    """A second run started from the first's latents: its first step sees exactly the first run's returned
+    image (its MSE equals that seed's best_l2), and it is another run (another run key)."""
+    first = json.loads((run / "out" / "report.json").read_text())
+    r = pulse_jax_here("upsample", run / "in" / "a.png", "--model", micro_model_dir, "--out", tmp_path / "more",
+                       "--steps", "2", "--seeds", "2", "--init-latents", run / "out" / "a_latents.npz", "--quiet")
+    assert r.returncode in (0, 1), r.stderr  # 1: no seed within eps (a random generator, two steps)
+    second = json.loads((tmp_path / "more" / "report.json").read_text())
+    for was, now in zip(first["inputs"][0]["seeds"], second["inputs"][0]["seeds"], strict=True):
+        assert now["first_l2"] == pytest.approx(was["best_l2"], rel=1e-6)  # the same program on the same values
+    assert second["inputs"][0]["run_key"] != first["inputs"][0]["run_key"]
+
+
+def test_a_projected_w_starts_from_the_latent_that_gives_it(run, micro):
+    """w alone (NVIDIA's projector): the start latent is the inverse of w = leaky_relu(latent*std + mean)
+    (float32 rounding of that inverse: 1e-4 of the latent's scale)."""
+    saved = latents.read(run / "out" / "a_latents.npz")
+    np.savez(run / "w_only.npz", w=saved.w)
+    start = latents.start_values(run / "w_only.npz", micro, pj.PulseConfig(), seeds=2)
+    np.testing.assert_allclose(start.latent, saved.latent, atol=1e-4 * np.abs(saved.latent).max())
+    assert start.noise is None  # drawn by the search
+    with pytest.raises(pj.PulseJaxError, match="holds 2 seeds' latents; give --seeds 2"):
+        latents.start_values(run / "w_only.npz", micro, pj.PulseConfig(), seeds=3)
+    with pytest.raises(pj.PulseJaxError, match="latent rows per seed"):
+        latents.start_values(run / "w_only.npz", micro, pj.PulseConfig(tile_latent=True), seeds=2)

@@ -23,7 +23,7 @@ from pulse_jax.model import Model
 
 class SearchInit(NamedTuple):
     """Start values: latent (N, S, Lt, D) with Lt the model's num_ws (or 1 with tile_latent); noise one
-    (N, S, r, r) array per noise map."""
+    (N, S, r, r) array per noise map, or None (drawn as without an init)."""
 
     latent: Any
     noise: Sequence[Any]
@@ -102,6 +102,8 @@ def check_inputs(model: Model, lr_images, init: SearchInit | None, seeds: int, l
     if tuple(np.shape(init.latent)) != want:
         raise PulseJaxError(f"init.latent must be {want}, got {tuple(np.shape(init.latent))}")
     shapes = model.noise_shapes()
+    if init.noise is None:
+        return
     if len(init.noise) != len(shapes):
         raise PulseJaxError(f"init.noise must hold {len(shapes)} maps, got {len(init.noise)}")
     for i, (x, s) in enumerate(zip(init.noise, shapes, strict=True)):
@@ -171,7 +173,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     latent = noise = None
     if init is not None:
         latent = jnp.asarray(init.latent, jnp.float32)
-        noise = [jnp.asarray(x, jnp.float32) for x in init.noise]
+        noise = None if init.noise is None else [jnp.asarray(x, jnp.float32) for x in init.noise]
     elif config.stored_noise:
         noise = [jnp.broadcast_to(n, (lr_images.shape[0], seeds, *n.shape)) for n in stored_noise_of(model)]
     placement = choose_placement(lr_images.shape[0], seeds, options.shard, options.devices)
