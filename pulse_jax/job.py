@@ -29,6 +29,8 @@ class OutputOptions:
     all_seeds: bool = option(False, "also write every seed's image, <stem>_seed<k>.png")
     save_intermediate: bool = option(False, "write the search as an animated GIF, <stem>_search.gif")
     overwrite: bool = option(False, "redo inputs already done and replace outputs made with other settings")
+    spread: bool = option(False, "with several seeds, write <stem>_spread.png: the seeds' mean image beside a "
+                          "heat map of their per-pixel standard deviation (over the seeds within eps)")
     save_latents: bool = option(False, "write every seed's W+ and noise maps, <stem>_latents.npz (pulse-jax render "
                                 "draws them again)")
     sheets: str = option("all", "the comparison sheet per input: all (every seed), best (the best seed only), none "

@@ -164,6 +164,7 @@ def entry_paths(entry: dict) -> list[str]:
         return []
     seeds, planned = outputs.get("seeds"), outputs.get("planned")
     paths = [outputs.get("image"), outputs.get("sheet"), outputs.get("search_gif"), outputs.get("latents"),
+             outputs.get("spread"),
              *(seeds if isinstance(seeds, list) else []), *(planned if isinstance(planned, list) else [])]
     return [p for p in paths if isinstance(p, str) and p]
 

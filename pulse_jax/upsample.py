@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pulse_jax import latents
+from pulse_jax import latents, spread
 from pulse_jax.batching import MemoryLimit, SearchRequest, batches, default_batch_size, search_fitting
 from pulse_jax.config import PulseConfig
 from pulse_jax.distributed import ProcessGroup
@@ -362,6 +362,8 @@ def _write_input(run: _Run, item: InputImage, lr: np.ndarray, result, n: int, co
                                            degradation=str(config.degradation), seeds=shown))
     if job.output_options.all_seeds:
         outputs["seeds"] = [str(save_png(result.images[n, s], out_dir / f"{stem}_seed{s}.png")) for s in range(seeds)]
+    if job.output_options.spread and seeds > 1:
+        outputs["spread"] = str(spread.write_spread(out_dir / f"{stem}_spread.png", result, n))
     if job.output_options.save_latents:
         found = latents.of_result(result, n, job.model, config, job.options)
         outputs["latents"] = str(latents.write(found, out_dir / f"{stem}{latents.SUFFIX}"))
@@ -377,7 +379,8 @@ def _write_input(run: _Run, item: InputImage, lr: np.ndarray, result, n: int, co
                                       if missed == MISSES_SAID - 1 else ""))
     return {"input": item.name, "file": str(item.path), "input_sha256": item.sha256, "size": int(lr.shape[0]),
             "degradation": str(config.degradation), "best_seed": k, "success": success, "outputs": outputs,
-            "seeds": seed_entries(result, n), "seconds": result.seconds / result.images.shape[0],
+            "seeds": seed_entries(result, n), "spread": spread.figures(result, n) if seeds > 1 else None,
+            "seconds": result.seconds / result.images.shape[0],
             "compile_seconds": result.compile_seconds}
 
 
@@ -395,6 +398,8 @@ def planned_outputs(out_dir: Path, name: str, seeds: int, outputs: OutputOptions
         paths += [out_dir / f"{name}_seed{s}.png" for s in range(seeds)]
     if outputs.save_intermediate:
         paths.append(out_dir / f"{name}_search.gif")
+    if outputs.spread and seeds > 1:
+        paths.append(out_dir / f"{name}_spread.png")
     if outputs.save_latents:
         paths.append(out_dir / f"{name}{latents.SUFFIX}")
     return paths
