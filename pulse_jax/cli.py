@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--out", required=True, type=path_arg, help="output folder: <stem>_seed<k>.png per seed")
     ren.add_argument("--force", action="store_true", help="render with a model other than the one recorded")
 
+    ev = sub.add_parser("evaluate", help="PSNR, SSIM and consistency of a run's results against ground truths")
+    ev.add_argument("run", help="an output folder of pulse-jax upsample")
+    ev.add_argument("--truth", required=True, help="folder of ground truths, <stem>.png per input")
+
     al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
     al.add_argument("photos", nargs="+", help="photo files or folders")
     al.add_argument("--out", required=True, type=path_arg, help="output folder: <stem>_<k>.png per face")
@@ -399,6 +403,19 @@ def _render(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from pulse_jax.evaluate import NAMES, evaluate
+
+    result = evaluate(Path(args.run), Path(args.truth))
+    summary = result["summary"]
+    say = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"{summary['inputs']} inputs with a truth: mean PSNR {say(summary['mean_psnr'], '.2f')} dB, mean SSIM "
+          f"{say(summary['mean_ssim'], '.4f')}, mean consistency MSE {say(summary['mean_consistency_mse'], '.3g')}"
+          + (f"; {len(summary['without_truth'])} without a truth" if summary["without_truth"] else ""))
+    print(f"wrote {Path(args.run) / NAMES[0]} and {Path(args.run) / NAMES[1]}")
+    return 0
+
+
 def _report(args) -> int:
     """Rewrite report.json and index.html from the folder's journals; a one-screen summary."""
     from pulse_jax.upsample import write_folder_report
@@ -497,7 +514,7 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
     args.early_signals = early
     try:
         return {"upsample": _upsample, "align": _align, "demo": _demo, "report": _report,
-                "render": _render}[args.command](args)
+                "render": _render, "evaluate": _evaluate}[args.command](args)
     except PulseJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
