@@ -41,6 +41,10 @@ import pulse_jax as pj
 from pulse_jax import model as model_module
 from pulse_jax.safe_files import _HOST, TEMP_MARK
 
+# The red team's battery: end-to-end hostile and careless cases through the CLI, most of them with a search
+# or a process of their own. CI and the whole suite run it; the day-to-day tier leaves it out.
+pytestmark = pytest.mark.slow
+
 # Every converter run below is limited to this much address space: a file that makes one allocate what it
 # claims (gigabytes) fails there instead of taking the machine's memory. Importing jax and torch fits.
 MEMORY_LIMIT = 6 * 2**30
