@@ -18,6 +18,7 @@ import numpy as np
 
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.generators.layers import standard_normal
+from pulse_jax.npy_header import read_header
 
 
 def keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -161,15 +162,7 @@ def _read_npy(file: Path, what: str) -> np.ndarray:
                 raise PulseJaxError(f"{what}: not a .npy file (it does not start with NumPy's header); save the "
                                     "kernel with numpy.save, or give an image")
             f.seek(0)
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise PulseJaxError(f"{what}: .npy format version {version} is not read here (1.0 and 2.0 are)")
-            shape, fortran, dtype = read_header(f)
-            if dtype.hasobject:
-                raise PulseJaxError(f"{what}: an array of Python objects (it would need unpickling) was refused")
-            size = math.prod(shape) * dtype.itemsize
+            shape, _, dtype, size = read_header(f, what)
             if size > MAX_KERNEL_BYTES:
                 raise PulseJaxError(f"{what}: the header says {shape} {dtype} ({size / 2**20:,.0f} MB); a kernel is at "
                                     f"most {MAX_KERNEL_BYTES // 2**20} MB")

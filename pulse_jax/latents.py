@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.errors import PulseJaxError
+from pulse_jax.npy_header import read_header
 from pulse_jax.safe_files import atomic_write_bytes
 
 FORMAT_NAME = "pulse-jax-latents"
@@ -85,24 +87,14 @@ def write(latents: Latents, path: Path) -> Path:
 def _member(archive: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
     """One .npy member, its header checked before its data is read (no pickles, a bounded size)."""
     with archive.open(name) as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            if version not in readers:
-                raise ValueError(f"npy format version {version}")
-            shape, fortran, dtype = readers[version](f)  # the header only
-        except (ValueError, SyntaxError, EOFError) as e:
-            raise PulseJaxError(f"{path}: {name} is not a .npy array ({e})") from None
-        if dtype.hasobject:
-            raise PulseJaxError(f"{path}: {name} holds Python objects (it would need unpickling); refused")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count > MAX_ELEMENTS:
+        shape, fortran, dtype, nbytes = read_header(f, f"{path}: {name}")
+        if math.prod(shape) > MAX_ELEMENTS:
             raise PulseJaxError(f"{path}: {name} declares {list(shape)} values, more than any generator's latents; "
                                 "refused before reading it")
-        data = f.read(count * dtype.itemsize + 1)
-    if len(data) != count * dtype.itemsize:
-        raise PulseJaxError(f"{path}: {name} holds {len(data)} bytes where its header says {count * dtype.itemsize}: "
-                            "truncated or damaged")
+        data = f.read(nbytes + 1)
+    if len(data) != nbytes:
+        raise PulseJaxError(f"{path}: {name} holds {len(data)} bytes where its header says {nbytes}: truncated or "
+                            "damaged")
     array = np.frombuffer(data, dtype=dtype)
     return (array.reshape(shape[::-1]).T if fortran else array.reshape(shape)).copy()
 
