@@ -15,6 +15,7 @@ compiled program per image size, over the inputs in groups.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -92,14 +93,22 @@ def measure(found: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def consistency(found: np.ndarray, observed: np.ndarray, spec: str) -> float | None:
     """MSE of ``found`` degraded by ``spec`` against the input ``observed``; None where it cannot be said
     from the files (a mask's pixels, or a spec that no longer parses, e.g. a kernel file since moved)."""
-    try:
-        d = Degradation.parse(spec)
-    except PulseJaxError:
+    d = _parsed(spec)
+    if d is None:
         return None
     if d.mask or found.shape[0] % observed.shape[0]:
         return None
     lr = d.apply(jnp.asarray(found)[None], found.shape[0] // observed.shape[0])[0]
     return float(jnp.mean(jnp.square(lr - d.observe(jnp.asarray(observed)[None])[0])))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(spec: str) -> Degradation | None:
+    """A run's degradation, parsed (and a kernel file read) once, not once per input."""
+    try:
+        return Degradation.parse(spec)
+    except PulseJaxError:
+        return None
 
 
 def _truth_for(truth_dir: Path, stem: str) -> Path | None:
