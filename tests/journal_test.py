@@ -93,6 +93,7 @@ def test_a_full_disk_is_a_clear_error(tmp_path):
     assert j.entries() == {}  # the transaction is all or nothing
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_a_folder_of_the_earlier_report_json_is_resumed(micro, tmp_path):
     """A folder written before the journal existed (report.json only) resumes as that version would have."""
     inputs = []

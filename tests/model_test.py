@@ -23,6 +23,7 @@ def test_round_trip_is_exact(tmp_path):
     chex.assert_trees_all_equal(loaded.pure_params(), model.pure_params())
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_gaussian_fit_batches_combine_exactly():
     """Chan's combination over uneven batches equals the one-pass statistics (float64 on the host)."""
     model = pj.Model.random(pj.PRESETS["tiny_128"], seed=0)

@@ -206,6 +206,7 @@ def test_seeds_and_images_do_not_couple(micro):
     assert not np.allclose(together.images[1, 0], together.images[1, 1])
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_step_loop_on_device_equals_host_loop(micro):
     """The in-program fori_loop (GPU/TPU default) and the per-step calls (CPU default) agree. The two
     are compiled apart and XLA fuses a loop body differently, so they round differently: losses agree to

@@ -237,6 +237,7 @@ def test_config_presets_and_validation():
         pj.StyleGANConfig(resolution=100)
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_bfloat16_mode_is_close_but_not_float32():
     """bf16 operands, float32 accumulation and output: ~1% of the std off on average (bf16 has 8 bits of
     mantissa, and 12 normalised layers amplify), never a different picture."""

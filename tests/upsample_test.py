@@ -31,6 +31,7 @@ def mixed_folder(root):
     return sorted(d.iterdir())
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_mixed_folder_and_rerun(micro, tmp_path):
     inputs = mixed_folder(tmp_path)
     out = tmp_path / "out"
@@ -50,6 +51,7 @@ def test_mixed_folder_and_rerun(micro, tmp_path):
     assert json.loads((out / "report.json").read_text())["inputs"] == again["inputs"]
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_other_settings_never_overwrite_without_overwrite(micro, tmp_path):
     inputs = mixed_folder(tmp_path)[:1]
     out = tmp_path / "out"
@@ -61,6 +63,7 @@ def test_other_settings_never_overwrite_without_overwrite(micro, tmp_path):
     assert not report["failed"] and report["inputs"][0]["seeds"][0]["best_step"] <= 2
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_out_of_memory_splits_and_gives_the_same_results(micro, tmp_path, monkeypatch):
     """A device that fits one image x one seed: the work is halved until it fits, keys unchanged."""
     calls = []
@@ -89,6 +92,7 @@ def test_out_of_memory_with_nothing_left_to_split_is_a_message(micro, tmp_path, 
         run(micro, mixed_folder(tmp_path)[:1], tmp_path / "o")
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_what_did_not_fit_is_not_tried_again(micro, tmp_path, monkeypatch):
     """After one batch ran out of memory, later batches are split before they are tried: each failed try
     costs a compile and an allocation. The split is said once."""

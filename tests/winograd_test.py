@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jax import lax
 
@@ -37,6 +38,7 @@ def test_winograd_is_the_same_convolution():
     assert ours < 3 * theirs, (ours, theirs)
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_conv_layer_prepared_for_winograd_is_the_same_function():
     """Output and input gradient (through the adjoint's transformed kernel) of a Conv prepared with and
     without Winograd, in float64: 1e-12 of the std; a wrong adjoint is off by the whole std."""

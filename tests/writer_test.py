@@ -78,6 +78,7 @@ def test_after_a_full_disk_nothing_more_is_tried():
                                                                                    ("b", True, True)]
 
 
+@pytest.mark.slow  # 9-20 s on 2 cores: the fast tier keeps its 3 minutes; the full suite runs it
 def test_a_write_that_fails_in_a_run_fails_that_input_and_the_rerun_does_it(micro, tmp_path, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()
