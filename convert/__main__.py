@@ -1,4 +1,5 @@
-"""``python -m convert``: PULSE's checkpoints, or a network file (StyleGAN, StyleGAN2) -> a model directory."""
+"""``python -m convert``: PULSE's checkpoints, or a network file (StyleGAN, StyleGAN2) -> a model directory;
+torchvision's VGG16 and LPIPS's heads -> a perceptual-model directory."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
                         "((G, D, Gs): Gs; StyleGAN's karras2019stylegan-*.pkl -> StyleGAN v1, StyleGAN2's "
                         "stylegan2-*-config-f.pkl -> StyleGAN2) or rosinality's .pt (g_ema, latent_avg)")
     source.add_argument("--synthesis", help="PULSE's synthesis.pt (state dict of the synthesis network)")
+    source.add_argument("--vgg16", help="a perceptual model instead of a generator: torchvision's VGG16 weights "
+                        "(vgg16-397923af.pth, in torch's hub cache), with --lpips-heads; --out then holds LPIPS "
+                        "v0.1 for --loss-str ...+LPIPS and --perceptual")
+    p.add_argument("--lpips-heads", help="with --vgg16: the lpips package's linear heads "
+                   "(lpips/weights/v0.1/vgg.pth)")
     p.add_argument("--mapping", help="PULSE's mapping.pt (needed for model.map and to compute the gaussian fit)")
     p.add_argument("--gaussian-fit", help="PULSE's gaussian_fit.pt ({'mean', 'std'}); "
                    "computed from --mapping when not given")
@@ -40,7 +46,17 @@ def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m convert") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        if args.network is not None:
+        if (args.lpips_heads is None) != (args.vgg16 is None):
+            raise PulseJaxError("--vgg16 and --lpips-heads go together: the trunk's weights and the heads make "
+                                "one perceptual model")
+        if args.vgg16 is not None:
+            from convert.perceptual import convert_lpips
+
+            if args.mapping is not None or args.gaussian_fit is not None:
+                raise PulseJaxError("--mapping and --gaussian-fit belong to a generator, not to --vgg16")
+            out = convert_lpips(vgg16=args.vgg16, lpips_heads=args.lpips_heads, out=args.out,
+                                overwrite=args.overwrite, verbose=not args.quiet)
+        elif args.network is not None:
             from convert.network import convert_network
 
             if args.mapping is not None:

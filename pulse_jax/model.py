@@ -47,6 +47,8 @@ FORMAT_VERSION = 3
 FORMAT_VERSION_OF_EXTRAS = {"noise": 3, "w_avg": 3}
 ARCHITECTURE_BEFORE_VERSION_2 = StyleGANConfig.architecture
 MODEL_JSON = "model.json"
+# model.json's "kind": a generator (absent in directories of earlier versions) or a perceptual model (LPIPS).
+GENERATOR_KIND = "generator"
 PARAMS_DIR = "params"
 
 
@@ -252,6 +254,21 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
     """Write the model directory atomically; refuse to replace one unless ``overwrite``, and never replace
     anything but a model directory this program wrote (checked before any work). ``source``: where the
     weights came from (kept in model.json as provenance)."""
+    tree = jax.tree_util.tree_map(np.asarray, model.pure_params())
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": max([2] + [FORMAT_VERSION_OF_EXTRAS[k] for k in tree if k in FORMAT_VERSION_OF_EXTRAS]),
+        "architecture": model.generator.architecture,
+        "config": model.config.to_dict(),
+    }
+    return save_tree(tree, meta, directory, overwrite=overwrite, source=source)
+
+
+def save_tree(tree: dict, meta: dict, directory: str | os.PathLike, *, overwrite: bool = False,
+              source: dict | None = None) -> Path:
+    """Write ``tree`` (nested dicts of arrays) and model.json (``meta`` plus contents, checksum and the files'
+    manifest) as one directory, atomically: a generator's (save_model) or a perceptual model's
+    (perceptual.save_perceptual). Never replaces anything but a directory this program wrote."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
@@ -264,15 +281,8 @@ def save_model(model: Model, directory: str | os.PathLike, *, overwrite: bool = 
         if not overwrite:
             raise PulseJaxError(f"{directory} already exists; choose another --out or pass --overwrite")
         _replaceable(directory)
-    tree = jax.tree_util.tree_map(np.asarray, model.pure_params())
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": max([2] + [FORMAT_VERSION_OF_EXTRAS[k] for k in tree if k in FORMAT_VERSION_OF_EXTRAS]),
-        "architecture": model.generator.architecture,
-        "config": model.config.to_dict(),
-        "contents": sorted(tree),
-        "checksum": params_checksum(tree),
-    }
+    tree = jax.tree_util.tree_map(np.asarray, tree)
+    meta = {**meta, "contents": sorted(tree), "checksum": params_checksum(tree)}
     if source is not None:
         meta["source"] = source
     _check_room(directory, sum(a.nbytes for a in jax.tree_util.tree_leaves(tree)))
@@ -448,28 +458,11 @@ def read_model_json(directory: Path) -> dict:
     return meta
 
 
-def load_model(directory: str | os.PathLike) -> Model:
-    """Load and verify a model directory written by ``save_model`` / ``pulse-jax convert``."""
+def load_tree(directory: Path, meta: dict, expected: dict) -> dict:
+    """The arrays of a directory save_tree wrote, shaped as ``expected`` (ShapeDtypeStructs): manifest,
+    then orbax, then the checksum over what was read; every failure one CheckpointError."""
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()
-    meta = read_model_json(directory)
-    generator = generator_from_dict(meta.get("architecture", ARCHITECTURE_BEFORE_VERSION_2), meta.get("config"),
-                                    str(directory / MODEL_JSON))
-    contents = meta.get("contents", [])
-    if not isinstance(contents, list):
-        raise CheckpointError(f"{directory / MODEL_JSON}: 'contents' must be a list of names, got {contents!r}")
-    expected = {"synthesis": generator.abstract_params("synthesis").pure()}
-    if "mapping" in contents:
-        expected["mapping"] = generator.abstract_params("mapping").pure()
-    if "gaussian_fit" in contents:
-        shape = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
-        expected["gaussian_fit"] = {"mean": shape, "std": shape}
-    if "noise" in contents:
-        expected["noise"] = {noise_key(i): jax.ShapeDtypeStruct(s, jnp.float32)
-                             for i, s in enumerate(generator.noise_shapes())}
-    if "w_avg" in contents:
-        expected["w_avg"] = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
     if "files" in meta:  # directories written before the manifest existed go straight to orbax
         check_manifest(directory, meta["files"])
     try:
@@ -494,6 +487,33 @@ def load_model(directory: str | os.PathLike) -> Model:
             f"the parameters in {directory} do not match the checksum in {MODEL_JSON}: the files are "
             "damaged or were changed; convert the checkpoints again"
         )
+    return tree
+
+
+def load_model(directory: str | os.PathLike) -> Model:
+    """Load and verify a model directory written by ``save_model`` / ``pulse-jax convert``."""
+    directory = Path(directory).absolute()
+    meta = read_model_json(directory)
+    if meta.get("kind", GENERATOR_KIND) != GENERATOR_KIND:
+        raise CheckpointError(f"{directory} holds a {meta.get('kind')} model ({meta.get('architecture')}), not a "
+                              "generator: give it as --perceptual DIR, and a generator's directory as --model")
+    generator = generator_from_dict(meta.get("architecture", ARCHITECTURE_BEFORE_VERSION_2), meta.get("config"),
+                                    str(directory / MODEL_JSON))
+    contents = meta.get("contents", [])
+    if not isinstance(contents, list):
+        raise CheckpointError(f"{directory / MODEL_JSON}: 'contents' must be a list of names, got {contents!r}")
+    expected = {"synthesis": generator.abstract_params("synthesis").pure()}
+    if "mapping" in contents:
+        expected["mapping"] = generator.abstract_params("mapping").pure()
+    if "gaussian_fit" in contents:
+        shape = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
+        expected["gaussian_fit"] = {"mean": shape, "std": shape}
+    if "noise" in contents:
+        expected["noise"] = {noise_key(i): jax.ShapeDtypeStruct(s, jnp.float32)
+                             for i, s in enumerate(generator.noise_shapes())}
+    if "w_avg" in contents:
+        expected["w_avg"] = jax.ShapeDtypeStruct((generator.dlatent_size,), jnp.float32)
+    tree = load_tree(directory, meta, expected)
     fit = tree.get("gaussian_fit")
     noise = tree.get("noise")
     model = Model.from_arrays(generator.config, tree["synthesis"], tree.get("mapping"),
