@@ -18,6 +18,7 @@ _WHERE = {
     "StyleGAN2Config": "generators", "StyleGANConfig": "generators", "families": "generators",
     "Chunk": "latent_search", "SearchInit": "latent_search", "SearchResult": "latent_search", "search": "latent_search",
     "Model": "model", "load_model": "model", "save_model": "model",
+    "Perceptual": "perceptual", "load_perceptual": "perceptual",
     "UpsampleJob": "job", "OutputOptions": "job", "upsample_files": "upsample",
 }
 

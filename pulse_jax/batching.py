@@ -84,6 +84,7 @@ class SearchRequest:
     masks: np.ndarray | None = None
     seed_offset: int = 0    # the first seed's index: seeds split over searches keep their keys
     init: SearchInit | None = None  # start values (N, S, ...), or drawn
+    perceptual: Any = None  # perceptual.Perceptual, for an LPIPS loss term
 
     @property
     def num_images(self) -> int:
@@ -100,7 +101,8 @@ class SearchRequest:
 
     def run(self, on_chunk=None) -> SearchResult:
         return search(self.model, self.lr_images, self.config, self.options, seeds=self.seeds, key=self.keys,
-                      on_chunk=on_chunk, seed_offset=self.seed_offset, masks=self.masks, init=self.init)
+                      on_chunk=on_chunk, seed_offset=self.seed_offset, masks=self.masks, init=self.init,
+                      perceptual=self.perceptual)
 
 
 def _sliced(init: SearchInit | None, index: tuple) -> SearchInit | None:

@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start every search from saved latents instead of random draws: a <stem>_latents.npz "
                          "(its latent and noise maps: continue a search) or NVIDIA's projected_w.npz (w only; "
                          "the noise maps drawn); one seed in the file starts every seed")
+    up.add_argument("--perceptual", metavar="DIR",
+                    help="a perceptual model (pulse-jax convert --vgg16 ... --lpips-heads ...): for an LPIPS term in "
+                         "--loss-str, e.g. 100*L2+0.05*GEOCROSS+0.5*LPIPS, and the spread's diversity in LPIPS")
     up.add_argument("--fit", type=positive_int, metavar="SIZE",
                     help="centre-crop each input to a square and resize it to SIZE (bicubic) instead of refusing "
                          "sizes that are not square or do not divide the resolution")
@@ -349,9 +352,14 @@ def _upsample_here(args, config, group, log, stop) -> dict:
         from pulse_jax.latents import start_values
 
         start = start_values(args.init_latents, model, config, args.seeds)
+    perceptual = None
+    if args.perceptual is not None:
+        from pulse_jax.perceptual import load_perceptual
+
+        perceptual = load_perceptual(args.perceptual)
     job = UpsampleJob(model, config, run_options_from_args(args, model.generator), seeds=args.seeds,
                       seed=args.seed, batch_size=args.batch_size, input_options=input_options, output_options=outputs,
-                      start=start)
+                      start=start, perceptual=perceptual)
     return upsample_files(job, inputs, Path(args.out), log=log, show_progress=not args.quiet, processes=group,
                           shard=args.input_shard, stop=stop)
 

@@ -17,6 +17,7 @@ from pulse_jax.errors import PulseJaxError
 from pulse_jax.fields import option
 from pulse_jax.inputs import InputOptions, check_options
 from pulse_jax.latent_search.driver import check_size, stored_noise_of
+from pulse_jax.losses import needs_perceptual
 from pulse_jax.model import Model
 
 SHEETS = ("all", "best", "none")
@@ -61,6 +62,7 @@ class UpsampleJob:
     input_options: InputOptions = InputOptions()
     output_options: OutputOptions = OutputOptions()
     start: Any = None  # latents.StartValues: every search starts there (--init-latents), else drawn
+    perceptual: Any = None  # perceptual.Perceptual (--perceptual): for an LPIPS loss term, and the spread's LPIPS
 
     def __post_init__(self):
         object.__setattr__(self, "options", self.options.resolved())
@@ -80,6 +82,9 @@ class UpsampleJob:
         self.config.check_noise_options(len(self.model.noise_shapes()))
         if self.config.stored_noise:
             stored_noise_of(self.model)  # a model without stored maps: says why, before any input is read
+        if needs_perceptual(self.config.loss_terms()) and self.perceptual is None:
+            raise PulseJaxError(f"--loss-str {self.config.loss_str!r} has an LPIPS term: pass --perceptual DIR (from "
+                                "pulse-jax convert --vgg16 vgg16-397923af.pth --lpips-heads vgg.pth --out DIR)")
         rows = 1 if self.config.tile_latent else self.model.num_ws
         check_size(self.model, self.seeds, self.config.steps, rows, f"--seeds {self.seeds}")
 
@@ -87,7 +92,8 @@ class UpsampleJob:
     def run_key(self) -> str:
         """What must match for an earlier result to count as this run's: everything that changes a result
         (config, seeds, seed, precision and remat, the model's checksum, --fit / --align, the mask's pixels,
-        the kernel's values as read for this run). The input file's own hash is kept per entry."""
+        the kernel's values as read for this run, the LPIPS model's checksum when the loss uses it). The input
+        file's own hash is kept per entry."""
         config, options, mask = self.config, self.options, self.input_options.mask
         extra = {"model": self.model.checksum, "remat": options.remat, "fit": self.input_options.fit,
                  "align": self.input_options.align,
@@ -97,6 +103,8 @@ class UpsampleJob:
             extra["kernel"] = kernel.sha256
         if self.start is not None:
             extra["init_latents"] = self.start.sha256
+        if needs_perceptual(config.loss_terms()):  # only what the search uses changes its results
+            extra["perceptual"] = self.perceptual.checksum
         digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:12]
         return (f"{config.hash()}-s{self.seeds}-seed{self.seed}-{options.precision}-"
                 f"r{self.model.generator.resolution}-{digest}")

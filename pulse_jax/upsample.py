@@ -334,7 +334,8 @@ def _search_batch(run: _Run, batch: list[InputImage], config: PulseConfig) -> tu
             frames.append(to_uint8(chunk.images()))
 
     init = None if job.start is None else job.start.for_batch(len(batch), job.seeds)
-    request = SearchRequest(job.model, config, job.options, job.seeds, lr, keys, masks, init=init)
+    request = SearchRequest(job.model, config, job.options, job.seeds, lr, keys, masks, init=init,
+                            perceptual=job.perceptual)
     result = search_fitting(request, on_chunk=seed_step_progress(run.bar, after_chunk), log=run.log,
                             limit=run.limit)
     whole = [f for f in frames if f.shape[:2] == (len(batch), job.seeds)]  # parts of a split search don't count

@@ -153,7 +153,7 @@ def test_objective_sums_the_registered_loss_terms(micro, monkeypatch):
     plain = pj.search(micro, lr, pj.PulseConfig(steps=1, loss_str="100*L2"), init=init)
     more = pj.search(micro, lr, pj.PulseConfig(steps=1, loss_str="100*L2+2*CONST"), init=init)
     np.testing.assert_allclose(more.loss_history, plain.loss_history + 6.0, rtol=1e-6)
-    with pytest.raises(pj.PulseJaxError, match="unknown loss 'NOPE'.*known: L2, L1, GEOCROSS, NOISEREG, CONST"):
+    with pytest.raises(pj.PulseJaxError, match="unknown loss 'NOPE'.*known: L2, L1, GEOCROSS, NOISEREG, LPIPS, CONST"):
         pj.PulseConfig(loss_str="1*NOPE")
 
 

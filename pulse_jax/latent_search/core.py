@@ -111,15 +111,16 @@ def generate(spec: Spec, gen_params, fit, params, fixed_noise):
     return (image[0] + 1.0) / 2.0, w
 
 
-def objective(params, fixed_noise, lr_image, mask, gen_params, fit, spec: Spec):
-    """-> (total loss, downscaling MSE) of one (image, seed)."""
+def objective(params, fixed_noise, lr_image, mask, gen_params, fit, spec: Spec, perceptual=None):
+    """-> (total loss, downscaling MSE) of one (image, seed). ``perceptual``: LPIPS params, for that term."""
     gen, w = generate(spec, gen_params, fit, params, fixed_noise)
     d = spec.degradation
     lr_gen = d.apply(gen[None], spec.factor)[0]
     target = d.observe(lr_image[None])[0]
     weight = mask[..., None] if d.mask else None
     noise = tuple(all_noise(spec, params["noise"], fixed_noise))
-    total = total_loss(spec.terms, LossInputs(lr_gen, target, weight, spec.eps, w, noise, tuple(params["noise"])))
+    total = total_loss(spec.terms, LossInputs(lr_gen, target, weight, spec.eps, w, noise, tuple(params["noise"]),
+                                              perceptual))
     return total, mse(lr_gen, target, weight)
 
 
@@ -149,10 +150,10 @@ def init_one(spec: Spec, key, latent=None, noise=None) -> SearchState:
     )
 
 
-def step_one(spec: Spec, state: SearchState, lr_image, mask, gen_params, fit) -> SearchState:
+def step_one(spec: Spec, state: SearchState, lr_image, mask, gen_params, fit, perceptual=None) -> SearchState:
     """One step of one (image, seed)."""
     (total, l2), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params, state.fixed_noise, lr_image, mask, gen_params, fit, spec)
+        state.params, state.fixed_noise, lr_image, mask, gen_params, fit, spec, perceptual)
     finite = jnp.isfinite(total) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
     diverged = state.diverged | ~finite

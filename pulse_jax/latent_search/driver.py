@@ -18,6 +18,7 @@ from pulse_jax.latent_search import programs
 from pulse_jax.latent_search.core import SearchState, all_noise, make_spec
 from pulse_jax.latent_search.keys import seed_keys
 from pulse_jax.latent_search.placement import placement as choose_placement
+from pulse_jax.losses import needs_perceptual
 from pulse_jax.model import Model
 
 
@@ -132,10 +133,21 @@ def _checked_masks(degradation, masks, lr_images):
     return masks
 
 
+def _perceptual_params(spec, perceptual):
+    """The LPIPS params the loss needs, else None (so that a run without that term compiles as before)."""
+    if not needs_perceptual(spec.terms):
+        return None
+    if perceptual is None:
+        raise PulseJaxError("the loss LPIPS needs a perceptual model: pass --perceptual DIR (search(perceptual=...));"
+                            " make one with pulse-jax convert --vgg16 vgg16-397923af.pth --lpips-heads vgg.pth "
+                            "--out DIR")
+    return perceptual.params
+
+
 def search(model: Model, lr_images, config: PulseConfig | None = None, options: RunOptions | None = None, *,
            seeds: int = 1, key=None, init: SearchInit | None = None,
            on_chunk: Callable[[Chunk], None] | None = None, seed_offset: int = 0,
-           masks=None) -> SearchResult:
+           masks=None, perceptual=None) -> SearchResult:
     """Search S seeds for each of N low-resolution images.
 
     Args:
@@ -153,6 +165,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
       seed_offset: the first seed's index, so that seeds split over several calls get the keys they would
         get in one.
       masks: (N, h, h), 1 where the input is known: needed with a degradation ending in "+mask".
+      perceptual: the LPIPS model (``pulse_jax.load_perceptual``), needed by an LPIPS term in the loss.
 
     Returns:
       SearchResult: per (image, seed) the image of the step with the lowest total loss, histories,
@@ -168,6 +181,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
                f"{lr_images.shape[0]} images x {seeds} seeds")
     spec.degradation.check(model.generator.resolution, lr_images.shape[1])
     masks = _checked_masks(spec.degradation, masks, lr_images)
+    perceptual_params = _perceptual_params(spec, perceptual)
     started = time.perf_counter()
     keys = seed_keys(key, lr_images.shape[0], seeds, seed_offset)
     latent = noise = None
@@ -182,7 +196,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         placement.check_same_everywhere((lr_images, masks, jax.random.key_data(keys), latent, noise))
         keys, latent, noise = placement.examples((keys, latent, noise))
         lr_images, masks = placement.images((lr_images, masks))
-        gen_params, fit = placement.everywhere((gen_params, fit))
+        gen_params, fit, perceptual_params = placement.everywhere((gen_params, fit, perceptual_params))
     state = programs.init_states(spec, keys, latent, noise)
     if placement is not None:
         state = placement.examples(state)
@@ -196,10 +210,12 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         n = min(chunk, config.steps - done)
         t0 = time.perf_counter()
         if step_loop == "device":
-            parts = [programs.run_steps(spec, parts[0], jnp.int32(n), lr_images, masks, gen_params, fit)]
+            parts = [programs.run_steps(spec, parts[0], jnp.int32(n), lr_images, masks, gen_params, fit,
+                                        perceptual_params)]
         else:
             for _ in range(n):
-                parts = [programs.run_one_step(spec, part, lr_images, masks, gen_params, fit) for part in parts]
+                parts = [programs.run_one_step(spec, part, lr_images, masks, gen_params, fit, perceptual_params)
+                         for part in parts]
         if done == 0:
             jax.block_until_ready([part.step for part in parts])
             compile_seconds = time.perf_counter() - t0  # an upper bound: includes the first chunk's run

@@ -1,7 +1,8 @@
 """The compiled programs: core's per-example functions vmapped over seeds (inner) and images (outer).
 
-Arrays are (N, S, ...): images, seeds, then the rest. The generator's params and the gaussian fit are
-arguments (never constants) shared by every example; the state is donated to each step program.
+Arrays are (N, S, ...): images, seeds, then the rest. The generator's params, the gaussian fit and the
+LPIPS params (None without that loss) are arguments (never constants) shared by every example; the state
+is donated to each step program.
 """
 
 from __future__ import annotations
@@ -38,18 +39,20 @@ def init_states(spec: Spec, keys, latent, noise) -> SearchState:
     return jax.tree_util.tree_map(lambda a: a.reshape(n, s, *a.shape[1:]), states)
 
 
-# vmap axes of (state, lr_image, mask, gen_params, fit): seeds share an image; images have their own.
-_SEED_AXES = (0, None, None, None, None)
-_IMAGE_AXES = (0, 0, 0, None, None)
+# vmap axes of (state, lr_image, mask, gen_params, fit, perceptual): seeds share an image; images have
+# their own; the networks' params are everyone's.
+_SEED_AXES = (0, None, None, None, None, None)
+_IMAGE_AXES = (0, 0, 0, None, None, None)
 
 
 def batched_step(spec: Spec) -> Callable:
-    """step_one over (N, S) examples: (state, lr_images, masks, gen_params, fit) -> state."""
+    """step_one over (N, S) examples: (state, lr_images, masks, gen_params, fit, perceptual) -> state."""
     return over_images_and_seeds(functools.partial(step_one, spec), _SEED_AXES, _IMAGE_AXES)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
-def run_steps(spec: Spec, state: SearchState, num_steps, lr_images, masks, gen_params, fit) -> SearchState:
+def run_steps(spec: Spec, state: SearchState, num_steps, lr_images, masks, gen_params, fit,
+              perceptual=None) -> SearchState:
     """``num_steps`` steps in a fori_loop (a traced bound: one compile serves every chunk size).
 
     The barrier keeps XLA from hoisting work on the state's unchanging parts out of the loop: it
@@ -58,13 +61,14 @@ def run_steps(spec: Spec, state: SearchState, num_steps, lr_images, masks, gen_p
     benchmarks/RESULTS.md; each step then read them instead of the maps: more bytes, not fewer)."""
     step = batched_step(spec)
     return jax.lax.fori_loop(
-        0, num_steps, lambda _, s: step(jax.lax.optimization_barrier(s), lr_images, masks, gen_params, fit), state)
+        0, num_steps, lambda _, s: step(jax.lax.optimization_barrier(s), lr_images, masks, gen_params, fit,
+                                        perceptual), state)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(1,))
-def run_one_step(spec: Spec, state: SearchState, lr_images, masks, gen_params, fit) -> SearchState:
+def run_one_step(spec: Spec, state: SearchState, lr_images, masks, gen_params, fit, perceptual=None) -> SearchState:
     """One step per call, for backends where a loop inside the program is slower (see default_step_loop)."""
-    return batched_step(spec)(state, lr_images, masks, gen_params, fit)
+    return batched_step(spec)(state, lr_images, masks, gen_params, fit, perceptual)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
