@@ -210,9 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--out", required=True, type=path_arg, help="output folder: <stem>_seed<k>.png per seed")
     ren.add_argument("--force", action="store_true", help="render with a model other than the one recorded")
 
-    ev = sub.add_parser("evaluate", help="PSNR, SSIM and consistency of a run's results against ground truths")
+    ev = sub.add_parser("evaluate", help="PSNR, SSIM (and LPIPS) and consistency of a run's results against ground "
+                                         "truths")
     ev.add_argument("run", help="an output folder of pulse-jax upsample")
     ev.add_argument("--truth", required=True, help="folder of ground truths, <stem>.png per input")
+    ev.add_argument("--perceptual", metavar="DIR", help="a perceptual model (pulse-jax convert --vgg16 ...): LPIPS of "
+                    "each result against its truth too")
 
     al = sub.add_parser("align", help="find and align the faces in photos, as PULSE's reference does")
     al.add_argument("photos", nargs="+", help="photo files or folders")
@@ -414,11 +417,18 @@ def _render(args) -> int:
 def _evaluate(args) -> int:
     from pulse_jax.evaluate import NAMES, evaluate
 
-    result = evaluate(Path(args.run), Path(args.truth))
+    perceptual = None
+    if args.perceptual is not None:
+        from pulse_jax.perceptual import load_perceptual
+
+        perceptual = load_perceptual(args.perceptual)
+    result = evaluate(Path(args.run), Path(args.truth), perceptual)
     summary = result["summary"]
     say = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     print(f"{summary['inputs']} inputs with a truth: mean PSNR {say(summary['mean_psnr'], '.2f')} dB, mean SSIM "
-          f"{say(summary['mean_ssim'], '.4f')}, mean consistency MSE {say(summary['mean_consistency_mse'], '.3g')}"
+          f"{say(summary['mean_ssim'], '.4f')}"
+          + (f", mean LPIPS {say(summary['mean_lpips'], '.4f')}" if args.perceptual is not None else "")
+          + f", mean consistency MSE {say(summary['mean_consistency_mse'], '.3g')}"
           + (f"; {len(summary['without_truth'])} without a truth" if summary["without_truth"] else ""))
     print(f"wrote {Path(args.run) / NAMES[0]} and {Path(args.run) / NAMES[1]}")
     return 0

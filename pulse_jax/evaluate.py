@@ -6,7 +6,8 @@ best image against the truth, both in [0, 1] intensities (PSNR = 10 log10(1 / MS
 2004 with an 11-tap Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03, population covariances, over
 each channel with the borders the window does not fit cropped, then averaged: scikit-image's
 ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``,
-checked against it in the tests); and the consistency: the MSE of the best image degraded as the run
+checked against it in the tests); with a perceptual model (``--perceptual``), LPIPS (docs/perceptual.md)
+at the images' own size; and the consistency: the MSE of the best image degraded as the run
 degraded (its degradation spec) against the input file. Written as ``evaluation.csv`` and
 ``evaluation.json`` in the run folder, with a summary (means) on the terminal. The measures run as one
 compiled program per image size, over the inputs in groups.
@@ -28,6 +29,7 @@ import numpy as np
 from pulse_jax.degrade import Degradation
 from pulse_jax.errors import PulseJaxError
 from pulse_jax.images import IMAGE_SUFFIXES, read_image
+from pulse_jax.perceptual import distances_in_groups
 from pulse_jax.safe_files import atomic_write_bytes
 
 SSIM_SIGMA = 1.5
@@ -119,8 +121,9 @@ def _truth_for(truth_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def evaluate(run_dir: Path, truth_dir: Path) -> dict:
-    """The figures of every finished input of the run that has a truth; writes evaluation.csv/.json."""
+def evaluate(run_dir: Path, truth_dir: Path, perceptual=None) -> dict:
+    """The figures of every finished input of the run that has a truth; writes evaluation.csv/.json.
+    ``perceptual`` (pulse_jax.load_perceptual): LPIPS of each best image against its truth too."""
     report_path = run_dir / "report.json"
     try:
         report = json.loads(report_path.read_text())
@@ -135,8 +138,11 @@ def evaluate(run_dir: Path, truth_dir: Path) -> dict:
     def flush():  # a group at a time: memory bounded however many inputs the run has
         if group:
             p, s = measure(np.stack([g[1] for g in group]), np.stack([g[2] for g in group]))
-            for (row, _, _), pv, sv in zip(group, p, s, strict=True):
-                row["psnr"], row["ssim"] = float(pv), float(sv)
+            lp = [None] * len(group)
+            if perceptual is not None:
+                lp = distances_in_groups(perceptual, np.stack([g[1] for g in group]), np.stack([g[2] for g in group]))
+            for (row, _, _), pv, sv, lv in zip(group, p, s, lp, strict=True):
+                row["psnr"], row["ssim"], row["lpips"] = float(pv), float(sv), None if lv is None else float(lv)
             group.clear()
 
     for entry in report.get("inputs", []) if isinstance(report, dict) else []:
@@ -165,6 +171,8 @@ def evaluate(run_dir: Path, truth_dir: Path) -> dict:
     flush()
     summary = {"inputs": len(rows), "without_truth": missing,
                "mean_psnr": _mean([r["psnr"] for r in rows]), "mean_ssim": _mean([r["ssim"] for r in rows]),
+               "mean_lpips": _mean([r["lpips"] for r in rows]),
+               "perceptual": None if perceptual is None else perceptual.checksum,
                "mean_consistency_mse": _mean([r["consistency_mse"] for r in rows])}
     result = {"format": FORMAT_NAME, "run": str(run_dir), "truth": str(truth_dir), "summary": summary,
               "inputs": rows}
@@ -173,14 +181,17 @@ def evaluate(run_dir: Path, truth_dir: Path) -> dict:
 
 
 FORMAT_NAME = "pulse-jax-evaluation"
-CSV_HEADER = ["input", "psnr", "ssim", "consistency_mse", "success", "truth"]
+CSV_HEADER = ["input", "psnr", "ssim", "lpips", "consistency_mse", "success", "truth"]
+# Headers this program wrote before (evaluation.csv without the lpips column): still recognised as ours.
+EARLIER_CSV_HEADERS = (["input", "psnr", "ssim", "consistency_mse", "success", "truth"],)
 
 
 def _check_ours(run_dir: Path) -> None:
     """evaluation.csv / .json are rewritten on every evaluation, never a file of the user's by that name."""
     csv_path, json_path = (run_dir / n for n in NAMES)
     try:
-        ours = [not csv_path.exists() or csv_path.read_text().splitlines()[:1] == [",".join(CSV_HEADER)],
+        headers = [",".join(h) for h in (CSV_HEADER, *EARLIER_CSV_HEADERS)]
+        ours = [not csv_path.exists() or (csv_path.read_text().splitlines() or [""])[0] in headers,
                 not json_path.exists() or json.loads(json_path.read_text()).get("format") == FORMAT_NAME]
     except (OSError, ValueError, AttributeError, UnicodeDecodeError):
         ours = [False]

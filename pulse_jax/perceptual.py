@@ -111,14 +111,19 @@ def _unit(f: jax.Array) -> jax.Array:
     return f / (norm + 1e-10)
 
 
+def enlarged_size(h: int, w: int) -> tuple[int, int]:
+    """The size the distance compares an (h, w) pair at: enlarged by the smallest whole factor that makes
+    the short side at least MIN_SIDE (unchanged when it already is)."""
+    k = max(1, -(-MIN_SIDE // min(h, w)))
+    return h * k, w * k
+
+
 def enlarged(x: jax.Array) -> jax.Array:
-    """(H, W, 3) -> the same image bilinearly enlarged by the smallest whole factor that makes its short
-    side at least MIN_SIDE (unchanged when it already is); half-pixel centres, as image resizers use."""
-    h, w = x.shape[:2]
-    k = -(-MIN_SIDE // min(h, w))
-    if k <= 1:
+    """(H, W, 3) -> the same image at enlarged_size, bilinearly with half-pixel centres."""
+    size = enlarged_size(*x.shape[:2])
+    if size == x.shape[:2]:
         return x
-    return jax.image.resize(x, (h * k, w * k, x.shape[2]), "linear", antialias=False)
+    return jax.image.resize(x, (*size, x.shape[2]), "linear", antialias=False)
 
 
 def distance_one(params: dict, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -141,6 +146,29 @@ def distance(params: dict, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 _distance = jax.jit(distance)
+
+# Pairs times (enlarged) pixels in one call of distances_in_groups: VGG16's first layers hold 128 values per
+# pixel of each image, so pairs per call fall with the size (16 at 256 px, one at 1024 px).
+PIXELS_PER_CALL = 1 << 20
+MOST_PAIRS_PER_CALL = 16
+
+
+def distances_in_groups(model: Perceptual, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) host arrays of pairs -> (N,) LPIPS, a few pairs per call, every call the same shape
+    (the last group padded), so one compile serves a whole folder; one-channel images compared as grey
+    RGB."""
+    h, w = enlarged_size(*a.shape[1:3])
+    per_call = max(1, min(MOST_PAIRS_PER_CALL, PIXELS_PER_CALL // (h * w)))
+    if a.shape[-1] == 1:
+        a, b = (np.broadcast_to(x, (*x.shape[:3], 3)) for x in (a, b))
+    out = []
+    for i in range(0, len(a), per_call):
+        x, y = a[i:i + per_call], b[i:i + per_call]
+        pad = per_call - len(x)
+        if pad:
+            x, y = (np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for v in (x, y))
+        out.append(np.asarray(model(x, y))[:per_call - pad])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -3,7 +3,8 @@ many that downscale to the input; several seeds show how much of the result the 
 
 Over the seeds within eps (all seeds when fewer than two are): the per-pixel standard deviation across
 seeds (over the colour channels' mean), drawn as a heat map beside the seeds' mean image, and its mean and
-maximum as figures in the report (docs/pulse.md "Success and what is returned").
+maximum as figures in the report (docs/pulse.md "Success and what is returned"); with a perceptual model,
+the seeds' mean pairwise LPIPS too.
 """
 
 from __future__ import annotations
@@ -39,13 +40,45 @@ def heat(values: np.ndarray, top: float) -> np.ndarray:
     return (RAMP[low] * (1 - frac) + RAMP[low + 1] * frac).astype(np.float32)
 
 
-def figures(result, n: int) -> dict | None:
-    """The report's spread figures of image n (None with fewer than two usable seeds)."""
+def figures(result, n: int, perceptual=None) -> dict | None:
+    """The report's spread figures of image n (None with fewer than two usable seeds); with a perceptual
+    model also the mean LPIPS over every pair of those seeds' images (mean_pairwise_lpips)."""
     seeds, rule = chosen_seeds(result, n)
     if len(seeds) < 2:
         return None
-    std = pixel_std(result.images[n, seeds])
-    return {"seeds": seeds, "over": rule, "pixel_std_mean": float(std.mean()), "pixel_std_max": float(std.max())}
+    images = result.images[n, seeds]
+    std = pixel_std(images)
+    out = {"seeds": seeds, "over": rule, "pixel_std_mean": float(std.mean()), "pixel_std_max": float(std.max())}
+    if perceptual is not None:
+        out["lpips_mean_pairwise"] = mean_pairwise_lpips(perceptual, images)
+        out["lpips_size"] = int(shrunk(images).shape[1])
+    return out
+
+
+# LPIPS between seeds is taken at most at this size: NVIDIA's projector also brings larger images down to
+# 256 px before VGG16, and 28 pairs (8 seeds) at 1024 px would cost more than a short search on a CPU.
+LPIPS_MAX_SIDE = 256
+
+
+def shrunk(images: np.ndarray) -> np.ndarray:
+    """(S, R, R, C) -> the same, box-averaged by the whole factor that brings R to at most LPIPS_MAX_SIDE."""
+    r = images.shape[1]
+    f = -(-r // LPIPS_MAX_SIDE)
+    while r % f:
+        f += 1
+    if f == 1:
+        return images
+    s = images.shape
+    return images.reshape(s[0], r // f, f, s[2] // f, f, s[3]).mean(axis=(2, 4))
+
+
+def mean_pairwise_lpips(perceptual, images: np.ndarray) -> float:
+    """Mean LPIPS over the S(S-1)/2 pairs of (S, R, R, 3) images (at most LPIPS_MAX_SIDE px)."""
+    from pulse_jax.perceptual import distances_in_groups
+
+    x = shrunk(np.asarray(images, np.float32))
+    i, j = np.triu_indices(len(x), k=1)
+    return float(np.mean(distances_in_groups(perceptual, x[i], x[j])))
 
 
 def write_spread(path: Path, result, n: int) -> Path:

@@ -380,7 +380,8 @@ def _write_input(run: _Run, item: InputImage, lr: np.ndarray, result, n: int, co
                                       if missed == MISSES_SAID - 1 else ""))
     return {"input": item.name, "file": str(item.path), "input_sha256": item.sha256, "size": int(lr.shape[0]),
             "degradation": str(config.degradation), "best_seed": k, "success": success, "outputs": outputs,
-            "seeds": seed_entries(result, n), "spread": spread.figures(result, n) if seeds > 1 else None,
+            "seeds": seed_entries(result, n),
+            "spread": spread.figures(result, n, job.perceptual) if seeds > 1 else None,
             "seconds": result.seconds / result.images.shape[0],
             "compile_seconds": result.compile_seconds}
 

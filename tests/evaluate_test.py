@@ -67,3 +67,46 @@ def test_evaluate_a_run(micro_model_dir, tmp_path):
     (out / "evaluation.csv").write_text("my,own\n")
     r = pulse_jax_here("evaluate", out, "--truth", truths)
     assert r.returncode == 2 and "did not write" in r.stderr and (out / "evaluation.csv").read_text() == "my,own\n"
+
+
+def test_evaluate_with_a_perceptual_model_adds_lpips(micro_model_dir, tmp_path):
+    """--perceptual: each row's LPIPS is the distance of the files' images (computed directly), the summary's
+    the mean; an evaluation.csv of the earlier header (no lpips column) is still ours and rewritten."""
+    import pulse_jax as pj
+
+    truths, inputs, out = tmp_path / "truth", tmp_path / "in", tmp_path / "out"
+    truths.mkdir()
+    inputs.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a", "b", "c"):
+        truth = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(truth).save(truths / f"{name}.png")
+        Image.fromarray(truth).resize((8, 8), Image.Resampling.BOX).save(inputs / f"{name}.png")
+    pulse_jax_here("upsample", inputs, "--model", micro_model_dir, "--out", out, "--steps", "2", "--quiet")
+    perceptual = pj.Perceptual.random(2)
+    pj.perceptual.save_perceptual(perceptual, tmp_path / "p")
+    (out / "evaluation.csv").write_text(",".join(evaluate.EARLIER_CSV_HEADERS[0]) + "\n")
+    r = pulse_jax_here("evaluate", out, "--truth", truths, "--perceptual", tmp_path / "p")
+    assert r.returncode == 0 and "mean LPIPS" in r.stdout, r.stderr
+    result = json.loads((out / "evaluation.json").read_text())
+    for row in result["inputs"]:
+        found = np.asarray(Image.open(out / f"{row['input']}.png"), np.float32)[None] / 255
+        truth = np.asarray(Image.open(truths / f"{row['input']}.png"), np.float32)[None] / 255
+        # The same function on the same arrays, in a group of three instead of one: summation order only.
+        assert row["lpips"] == pytest.approx(float(perceptual(found, truth)[0]), rel=1e-5)
+    assert result["summary"]["mean_lpips"] == pytest.approx(np.mean([r["lpips"] for r in result["inputs"]]))
+    assert result["summary"]["perceptual"] == perceptual.checksum
+    assert (out / "evaluation.csv").read_text().splitlines()[0] == ",".join(evaluate.CSV_HEADER)
+
+
+def test_lpips_in_groups_is_the_same_pair_by_pair_at_any_group_size(monkeypatch):
+    import pulse_jax as pj
+    from pulse_jax import perceptual as module
+
+    perceptual = pj.Perceptual.random(0)
+    rng = np.random.default_rng(4)
+    a, b = rng.uniform(0, 1, (2, 5, 16, 16, 3)).astype(np.float32)
+    whole = module.distances_in_groups(perceptual, a, b)
+    monkeypatch.setattr(module, "PIXELS_PER_CALL", 2 * 64 * 64)  # pairs of two (16 px compared at 64), last padded
+    np.testing.assert_allclose(module.distances_in_groups(perceptual, a, b), whole, rtol=1e-5)
+    assert whole.shape == (5,) and np.all(whole > 0)

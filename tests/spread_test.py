@@ -55,3 +55,21 @@ def test_spread_file_and_figures_in_a_run(micro_model_dir, tmp_path):
     assert abs(figures["pixel_std_mean"] - seeds.std(axis=0).mean()) < 1 / 255
     picture = Image.open(entry["outputs"]["spread"])
     assert picture.size == (64, 32)  # the mean image (32 px) beside the map
+
+
+def test_lpips_spread_is_the_mean_over_pairs_of_seeds_within_eps():
+    """With a perceptual model: the mean of LPIPS over every pair of the chosen seeds, computed pair by pair
+    here; images larger than 256 px are box-averaged to 256 first (512 -> 256 here)."""
+    import pulse_jax as pj
+
+    perceptual = pj.Perceptual.random(0)
+    rng = np.random.default_rng(1)
+    images = rng.random((4, 16, 16, 3)).astype(np.float32)
+    got = spread.figures(fake_result(images, [True, True, False, True]), 0, perceptual)
+    pairs = [(0, 1), (0, 3), (1, 3)]
+    want = np.mean([float(perceptual(images[[i]], images[[j]])[0]) for i, j in pairs])
+    assert abs(got["lpips_mean_pairwise"] - want) <= 1e-5 * want  # one call of three pairs vs three calls
+    assert got["lpips_size"] == 16 and "lpips_mean_pairwise" not in spread.figures(fake_result(images, [1] * 4), 0)
+    big = rng.random((2, 512, 512, 3)).astype(np.float32)
+    small = big.reshape(2, 256, 2, 256, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(spread.shrunk(big), small, rtol=1e-6)
