@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("convert", help="convert PULSE's synthesis.pt / mapping.pt, or a network file (NVIDIA's "
-                                   "pickles of StyleGAN and StyleGAN2, rosinality's .pt), into a model directory",
+                                   "pickles of StyleGAN and StyleGAN2, rosinality's .pt), into a model directory; "
+                                   "torchvision's VGG16 and lpips's heads into a perceptual model",
                    add_help=False)
 
     up = sub.add_parser("upsample", help="upsample low-resolution images (files or folders)",

@@ -103,23 +103,21 @@ class LossInputs(NamedTuple):
     w: jax.Array              # the searched styles, (Lt, D): Lt = 1 with tile_latent
     noise: tuple              # every noise map the generator takes, (1, r, r) each
     searched_noise: tuple = ()  # the maps the search optimises (a subset of noise), (1, r, r) each
-    perceptual: dict | None = None  # the LPIPS params (perceptual.py), when a loss term needs them
+    perceptual: Callable | None = None  # (a, b) -> LPIPS of two (h, w, 3) images, when a term needs it
 
 
-def perceptual_loss(lr_gen, target, weight, params) -> jax.Array:
-    """LPIPS between the degraded found image and the observation (docs/pulse.md, "Losses"): where only
-    some pixels are known (inpainting) both are black elsewhere; a one-channel observation (colourisation)
-    is compared as a grey RGB image; under 64 px both are enlarged alike (perceptual.enlarged)."""
-    from pulse_jax.perceptual import distance_one
-
-    if params is None:
+def perceptual_loss(lr_gen, target, weight, distance) -> jax.Array:
+    """A perceptual distance (LPIPS, docs/perceptual.md) between the degraded found image and the
+    observation: where only some pixels are known (inpainting) both are black elsewhere; a one-channel
+    observation (colourisation, a mosaic) is compared as a grey RGB image."""
+    if distance is None:
         raise PulseJaxError("the loss LPIPS needs a perceptual model: pass --perceptual DIR (from pulse-jax "
                             "convert --vgg16 ... --lpips-heads ...)")
     if weight is not None:
         lr_gen, target = lr_gen * weight, target * weight
     if lr_gen.shape[-1] == 1:
         lr_gen, target = (jnp.broadcast_to(x, (*x.shape[:-1], 3)) for x in (lr_gen, target))
-    return distance_one(params, lr_gen, target)
+    return distance(lr_gen, target)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.errors import CheckpointError
+from pulse_jax.model import FORMAT_NAME, MODEL_JSON, load_tree, params_checksum, read_model_json, save_tree
 
 ARCHITECTURE = "lpips-vgg16"
 KIND = "perceptual"
@@ -185,8 +186,6 @@ class Perceptual:
 
     @classmethod
     def from_arrays(cls, params: dict, source: dict | None = None) -> Perceptual:
-        from pulse_jax.model import params_checksum
-
         check_params(params)
         tree = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
         return cls(jax.tree_util.tree_map(jnp.asarray, tree), params_checksum(tree), source)
@@ -211,8 +210,6 @@ def check_params(params: dict) -> None:
 def save_perceptual(model: Perceptual, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """A perceptual-model directory: model.json (kind "perceptual") and the params, written as a generator's
     is (atomically, with a manifest and checksum)."""
-    from pulse_jax.model import FORMAT_NAME, save_tree
-
     meta = {"format": FORMAT_NAME, "format_version": 3, "kind": KIND, "architecture": ARCHITECTURE,
             "config": {"lpips_version": VERSION}}
     return save_tree(model.params, meta, directory, overwrite=overwrite, source=model.source)
@@ -220,8 +217,6 @@ def save_perceptual(model: Perceptual, directory: str | os.PathLike, *, overwrit
 
 def load_perceptual(directory: str | os.PathLike) -> Perceptual:
     """Load and verify a directory written by ``pulse-jax convert --vgg16 ... --lpips-heads ...``."""
-    from pulse_jax.model import MODEL_JSON, load_tree, read_model_json
-
     directory = Path(directory).absolute()
     meta = read_model_json(directory)
     if meta.get("kind") != KIND or meta.get("architecture") != ARCHITECTURE:

@@ -7,6 +7,7 @@ losses, track the best, gradient, optimiser update, sphere projection.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ from pulse_jax.generators import Generator
 from pulse_jax.generators.layers import leaky_relu, standard_normal
 from pulse_jax.losses import LossInputs, mse, total_loss
 from pulse_jax.optim import SphereState, make_optimizer, sphere_init, sphere_project
+from pulse_jax.perceptual import distance_one
 
 
 class SearchState(NamedTuple):
@@ -119,8 +121,9 @@ def objective(params, fixed_noise, lr_image, mask, gen_params, fit, spec: Spec, 
     target = d.observe(lr_image[None])[0]
     weight = mask[..., None] if d.mask else None
     noise = tuple(all_noise(spec, params["noise"], fixed_noise))
+    distance = None if perceptual is None else functools.partial(distance_one, perceptual)
     total = total_loss(spec.terms, LossInputs(lr_gen, target, weight, spec.eps, w, noise, tuple(params["noise"]),
-                                              perceptual))
+                                              distance))
     return total, mse(lr_gen, target, weight)
 
 
