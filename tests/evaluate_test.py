@@ -69,6 +69,7 @@ def test_evaluate_a_run(micro_model_dir, tmp_path):
     assert r.returncode == 2 and "did not write" in r.stderr and (out / "evaluation.csv").read_text() == "my,own\n"
 
 
+@pytest.mark.slow  # a run and LPIPS's compile: 10-20 s; lpips_in_groups below stays in the fast tier
 def test_evaluate_with_a_perceptual_model_adds_lpips(micro_model_dir, tmp_path):
     """--perceptual: each row's LPIPS is the distance of the files' images (computed directly), the summary's
     the mean; an evaluation.csv of the earlier header (no lpips column) is still ours and rewritten."""
