@@ -63,6 +63,7 @@ def test_factor_one_runs_every_term(micro, tmp_path):
         assert r.min_l2[0, 0] < 0.7 * r.l2_history[0, 0, 0], spec
 
 
+@pytest.mark.slow  # 7-15 s on 2 cores, end to end: the fast tier keeps its 3 minutes; the full suite runs it
 def test_upsample_a_mosaic_file_and_report_the_eps(micro, tmp_path):
     d = tmp_path / "in"
     d.mkdir()

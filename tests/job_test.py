@@ -53,6 +53,7 @@ def test_a_run_parses_reads_and_resolves_once(micro_model_dir, tmp_path, monkeyp
     assert sorted(calls) == ["load_kernel", "make_spec", "make_spec", "make_spec", "parse", "resolved"], calls
 
 
+@pytest.mark.slow  # 7-15 s on 2 cores, end to end: the fast tier keeps its 3 minutes; the full suite runs it
 def test_a_kernel_edited_mid_run_changes_nothing_of_that_run(micro, tmp_path, monkeypatch):
     """The kernel is read when the run starts: outputs made after an edit of the file are the ones the
     undisturbed run makes, and the run key names the kernel they were made with (so a rerun with the

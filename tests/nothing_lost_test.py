@@ -105,6 +105,7 @@ def test_kill_rerun_other_settings_and_concurrent_runs(micro_model_dir, faces, t
     assert not [p for p in out.iterdir() if safe_files.TEMP_MARK in p.name]
 
 
+@pytest.mark.slow  # 7-15 s on 2 cores, end to end: the fast tier keeps its 3 minutes; the full suite runs it
 def test_a_full_disk_keeps_what_finished_and_the_rerun_does_the_rest(micro, faces, tmp_path, monkeypatch):
     out = tmp_path / "out"
     inputs = sorted(faces.iterdir())

@@ -233,6 +233,7 @@ def test_step_loop_on_device_needs_no_more_memory_than_one_step(micro):
     assert loop.temp_size_in_bytes <= 1.05 * one.temp_size_in_bytes, (loop.temp_size_in_bytes, one.temp_size_in_bytes)
 
 
+@pytest.mark.slow  # 7-15 s on 2 cores, end to end: the fast tier keeps its 3 minutes; the full suite runs it
 def test_diverged_seed_is_stopped_and_others_go_on(micro):
     lr = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
     init = random_init(micro, 1, 3, micro.num_ws, 4)

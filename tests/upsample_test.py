@@ -201,6 +201,7 @@ def test_out_equal_to_an_input_folder_is_refused(micro, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+@pytest.mark.slow  # 7-15 s on 2 cores, end to end: the fast tier keeps its 3 minutes; the full suite runs it
 def test_every_output_name_is_checked_for_clashes(micro, tmp_path):
     """x.png, x_sheet.png and x_seed0.jpg overwrote each other's sheet and seed images, with exit 0."""
     d = tmp_path / "in"
