@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=200,
                       help="search steps (default 200: the random demo generator converges slower than FFHQ)")
     demo.add_argument("--seed", type=seed_int, default=0)
-    demo.add_argument("--arch", choices=registry.names(), default=registry.names()[0],
+    demo.add_argument("--arch", choices=list(registry.demo_choices()), default=registry.names()[0],
                       help="the random generator's family when no --model is given (default "
                            f"{registry.names()[0]})")
     demo.add_argument("--degradation", default=Degradation(), type=degradation_flag, metavar="SPEC",

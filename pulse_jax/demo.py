@@ -28,10 +28,19 @@ from pulse_jax.safe_files import check_writable_folder
 
 
 def random_demo_model(seed: int = 0, architecture: str = "stylegan1") -> Model:
-    """The family's demo preset (registry.Family.demo_preset) with random weights and their gaussian fit."""
-    family = registry.family(architecture)
-    model = Model.random(family.presets[family.demo_preset], seed)
+    """The family's demo preset (registry.Family.demo_preset, or a variant's: ``stylegan3-r``) with random
+    weights and their gaussian fit."""
+    family, preset = demo_model_name(architecture)
+    model = Model.random(family.presets[preset], seed)
     return model.with_gaussian_fit(compute_gaussian_fit(model, num_samples=50_000, batch_size=10_000, seed=seed))
+
+
+def demo_model_name(architecture: str):
+    """(family, preset) of a demo --arch name."""
+    choices = registry.demo_choices()
+    if architecture not in choices:
+        return registry.family(architecture), None  # the registry's message names what it knows
+    return choices[architecture]
 
 
 def ground_truth(model: Model, key) -> np.ndarray:
@@ -102,8 +111,7 @@ def run_demo(out_dir: Path, model_dir: str | None = None, *, seeds: int = 4, lr_
     diff_from_truth = [float(np.sqrt(np.mean((result.images[0, s] - truth) ** 2))) for s in range(seeds)]
     report = {
         "format": DEMO_FORMAT,
-        "model": model_dir or f"random {architecture} {registry.family(architecture).demo_preset} generator "
-                              f"(seed {seed})",
+        "model": model_dir or f"random {architecture} {demo_model_name(architecture)[1]} generator (seed {seed})",
         "architecture": model.generator.architecture,
         "resolution": model.generator.resolution, "input_size": lr_size, "degradation": str(d),
         "eps": config.effective_eps, "eps_reason": config.eps_reason, "config": config.to_dict(),

@@ -80,12 +80,13 @@ def test_the_registry_drives_arch_the_demo_and_model_json(toy, tmp_path, capsys)
     assert cli.build_parser().parse_args(["demo", "--arch", "toy"]).arch == "toy"
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["demo", "--arch", "nope"])
-    assert "choose from 'stylegan1', 'stylegan2', 'toy'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "choose from 'stylegan1', 'stylegan2', 'stylegan3', 'stylegan3-t', 'stylegan3-r', 'toy'" in err
     model_dir = pj.save_model(toy, tmp_path / "toy")
     meta = json.loads((model_dir / "model.json").read_text())
     (model_dir / "model.json").write_text(json.dumps({**meta, "architecture": "stylegan9"}))
     with pytest.raises(pj.CheckpointError, match="unknown architecture 'stylegan9'; this pulse-jax knows "
-                                                 "stylegan1, stylegan2, toy"):
+                                                 "stylegan1, stylegan2, stylegan3, toy"):
         pj.load_model(model_dir)
     (model_dir / "model.json").write_text(json.dumps({**meta, "architecture": ["x"]}))
     with pytest.raises(pj.CheckpointError, match=r"unknown architecture \['x'\]"):

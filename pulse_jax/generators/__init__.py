@@ -7,15 +7,17 @@ A new family is one module (its config, SearchOptions, networks, generator class
 from __future__ import annotations
 
 from pulse_jax.errors import CheckpointError
-from pulse_jax.generators import registry, stylegan1, stylegan2
+from pulse_jax.generators import registry, stylegan1, stylegan2, stylegan3
 from pulse_jax.generators.base import FlaxGenerator, Generator, NetworkParams
 from pulse_jax.generators.registry import Family, families
 from pulse_jax.generators.stylegan1 import PRESETS, StyleGAN1, StyleGANConfig
 from pulse_jax.generators.stylegan2 import PRESETS as STYLEGAN2_PRESETS
 from pulse_jax.generators.stylegan2 import StyleGAN2, StyleGAN2Config
+from pulse_jax.generators.stylegan3 import StyleGAN3, StyleGAN3Config
 
 registry.register(stylegan1.FAMILY)
 registry.register(stylegan2.FAMILY)
+registry.register(stylegan3.FAMILY)
 
 
 def generator_for(config) -> Generator:
@@ -35,5 +37,5 @@ def generator_from_dict(architecture: str, config: dict, what: str) -> Generator
 
 
 __all__ = ["PRESETS", "STYLEGAN2_PRESETS", "Family", "FlaxGenerator", "Generator", "NetworkParams", "StyleGAN1",
-           "StyleGAN2", "StyleGAN2Config", "StyleGANConfig", "families", "generator_for", "generator_from_dict",
-           "registry"]
+           "StyleGAN2", "StyleGAN2Config", "StyleGAN3", "StyleGAN3Config", "StyleGANConfig", "families",
+           "generator_for", "generator_from_dict", "registry"]

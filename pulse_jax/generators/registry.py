@@ -20,6 +20,7 @@ class Family:
     presets: Mapping[str, Any]  # named configs; the demo's is ``demo_preset``
     demo_preset: str
     files: str                 # the files users convert into this family, for messages and --help
+    variants: Mapping[str, str] = dataclasses.field(default_factory=dict)  # demo names -> presets (e.g. T, R)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -28,8 +29,8 @@ _FAMILIES: dict[str, Family] = {}
 def register(family: Family) -> Family:
     if family.name in _FAMILIES and _FAMILIES[family.name] != family:
         raise ValueError(f"a generator family named {family.name!r} is registered already")
-    if family.demo_preset not in family.presets:
-        raise ValueError(f"{family.name}: demo preset {family.demo_preset!r} is not one of its presets")
+    if family.demo_preset not in family.presets or not set(family.variants.values()) <= set(family.presets):
+        raise ValueError(f"{family.name}: a demo preset is not one of its presets")
     _FAMILIES[family.name] = family
     return family
 
@@ -59,6 +60,15 @@ def family_of_config(config: Any) -> Family:
         if isinstance(config, f.config):
             return f
     raise TypeError(f"no registered generator family takes a {type(config).__name__}")
+
+
+def demo_choices() -> dict[str, tuple[Family, str]]:
+    """What ``demo --arch`` takes: each family's name (its demo preset) and its variants' names (theirs)."""
+    out = {}
+    for f in _FAMILIES.values():
+        out[f.name] = (f, f.demo_preset)
+        out.update({name: (f, preset) for name, preset in f.variants.items()})
+    return out
 
 
 def known_files() -> str:

@@ -100,11 +100,12 @@ class SphericalOptimizer:
 
 def run(sd, gaussian_fit, ref_lr: torch.Tensor, latent: torch.Tensor, noise: list[torch.Tensor], *,
         loss_str="100*L2+0.05*GEOCROSS", eps=2e-3, trainable_layers=(0, 1, 2, 3, 4), opt_name="adam",
-        learning_rate=0.4, steps=100, lr_schedule="linear1cycledrop", synthesis=None, num_ws=None):
+        learning_rate=0.4, steps=100, lr_schedule="linear1cycledrop", synthesis=None, num_ws=None,
+        resolution=None):
     """One PULSE run over a batch. ref_lr (B, 3, h, h); latent (B, Lt, D); noise: L maps (B, 1, r, r).
 
     ``synthesis(sd, w, noise)``: the generator (StyleGAN v1's by default); ``num_ws``: its W+ rows (default:
-    one per noise map, as in StyleGAN v1).
+    one per noise map, as in StyleGAN v1); ``resolution``: its output side (default: the last noise map's).
 
     Returns per-sample histories (steps, B) of the total loss and unclamped MSE, and the final values.
     """
@@ -116,7 +117,7 @@ def run(sd, gaussian_fit, ref_lr: torch.Tensor, latent: torch.Tensor, noise: lis
     opt = SphericalOptimizer(opt_name, variables, learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt.opt, schedule(lr_schedule, steps))
     num_layers = len(noise)
-    resolution = noise[-1].shape[-1]
+    resolution = resolution or noise[-1].shape[-1]
     factor = resolution // ref_lr.shape[-1]
     terms = parse_loss(loss_str)
     loss_hist, l2_hist = [], []
