@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import nvidia_pickle, stylegan2, tf_pickle, torch_scan
+from convert import nvidia_pickle, stylegan2, stylegan3, tf_pickle, torch_scan
 from convert.converted import Converted
 from convert.nvidia_pickle import Persistent, flatten, read_network_pickle, records
 from convert.pulse import check_out
@@ -22,7 +22,6 @@ from convert.tf_stylegan import convert_tf_generator
 from convert.torch_io import load_state_dict
 from pulse_jax import pulse_format
 from pulse_jax.errors import CheckpointError, PulseJaxError
-from pulse_jax.generators import registry
 from pulse_jax.model import Model, compute_gaussian_fit, save_model
 from pulse_jax.progress import Progress
 
@@ -63,8 +62,8 @@ def _setting(layers: list[Persistent], name: str, what: str, default=None):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
-    """(NVIDIA-named arrays, architecture settings, provenance) of the generator in a network pickle."""
+def generator_record(top, what: str) -> Persistent:
+    """G_ema (else G) of a network pickle: NVIDIA's Generator record, unconditional, of RGB images."""
     if isinstance(top, dict):
         g = top.get("G_ema", top.get("G"))
         if g is None:
@@ -81,9 +80,6 @@ def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
     synthesis, mapping = g.modules().get("synthesis"), g.modules().get("mapping")
     if not isinstance(synthesis, Persistent) or not isinstance(mapping, Persistent):
         raise CheckpointError(f"{what}: the generator has no synthesis and mapping networks")
-    if "input" in synthesis.modules() or any(name.startswith("L") and "_" in name for name in synthesis.modules()):
-        raise CheckpointError(f"{what}: a StyleGAN3 generator (its synthesis starts from Fourier features): not "
-                              f"supported; this pulse-jax reads {registry.known_files()}")
     c_dim = int_field(kwargs, "c_dim", any_field(g.state, "c_dim", 0, what) or 0, f"{what}: G", low=0)
     if c_dim > 0:
         raise CheckpointError(f"{what}: a conditional generator (c_dim {c_dim}: it needs a class label); "
@@ -91,6 +87,34 @@ def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
     channels = int_field(kwargs, "img_channels", any_field(g.state, "img_channels", 3, what), f"{what}: G", low=1)
     if channels != 3:
         raise CheckpointError(f"{what}: a generator of {channels}-channel images; only RGB (3) is supported")
+    return g
+
+
+def _provenance(g: Persistent) -> dict:
+    return {"kind": "nvidia-network-pickle",
+            "module_src_sha256": sorted({r.module_src_sha256 for _, r in records(g)})}
+
+
+def nvidia_stylegan3(g: Persistent, what: str) -> tuple:
+    """(config, synthesis tree, mapping tree, provenance) of a StyleGAN3 Generator record."""
+    what = f"{what} (StyleGAN3)"
+    config = stylegan3.config_from_records(g, what)
+    tensors = {}
+    for name in ("synthesis", "mapping"):
+        tensors.update({f"{name}.{k}": v for k, v in flatten(g.modules()[name]).items()})
+    arrays = _arrays(tensors, what)
+    try:
+        return (config, stylegan3.synthesis_arrays(arrays, config), stylegan3.mapping_arrays(arrays, config),
+                _provenance(g))
+    except CheckpointError as e:
+        raise CheckpointError(f"{what}: {e}") from None
+
+
+def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
+    """(NVIDIA-named arrays, architecture settings, provenance) of the StyleGAN2 generator in a network pickle."""
+    g = generator_record(top, what)
+    kwargs = g.init_kwargs()
+    synthesis, mapping = g.modules()["synthesis"], g.modules()["mapping"]
     all_records = dict(records(g))
     blocks = [r for name, r in all_records.items() if name.startswith("synthesis.b")
               and name.count(".") == 1]
@@ -114,9 +138,7 @@ def nvidia_generator(top, what: str) -> tuple[dict, dict, dict]:
     tensors = {}
     for name, net in (("synthesis", synthesis), ("mapping", mapping)):
         tensors.update({f"{name}.{k}": v for k, v in flatten(net).items()})
-    provenance = {"kind": "nvidia-network-pickle", "module_src_sha256": sorted({r.module_src_sha256 for r in
-                                                                                all_records.values()})}
-    return _arrays(tensors, what), settings, provenance
+    return _arrays(tensors, what), settings, _provenance(g)
 
 
 def rosinality_generator(obj, what: str) -> tuple[dict, dict, dict]:
@@ -184,6 +206,9 @@ def _read_network(file: Path, what: str) -> Converted:
         if _is_tf(top):
             converted = convert_tf_generator(tf_pickle.tf_generator(top, what), what)
             return dataclasses.replace(converted, source={**converted.source, "file_sha256": _sha256(file)})
+        if stylegan3.is_stylegan3(generator_record(top, what)):
+            config, synthesis, mapping, provenance = nvidia_stylegan3(generator_record(top, what), what)
+            return Converted(config, synthesis, mapping, None, None, {**provenance, "file_sha256": _sha256(file)})
         sd, settings, provenance = nvidia_generator(top, what)
     else:
         sd, settings, provenance = rosinality_generator(_load_torch(file, what), what)

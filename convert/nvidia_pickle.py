@@ -103,6 +103,42 @@ def numpy_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
+class NumpyArray:
+    """A numeric numpy array of a record (NVIDIA's layers keep their sizes so), rebuilt from its bytes by
+    pickle's ``__setstate__`` step: the dtype must be numeric and the bytes exactly what the shape
+    declares; an object array (whose items would be unpickled objects) is refused."""
+
+    MAX_ELEMENTS = 1 << 16  # settings, not weights: weights are tensors
+
+    def __init__(self):
+        self.value = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise CheckpointError("a numpy array's state is not (version, shape, dtype, fortran order, bytes)")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.kind not in "biuf":
+            raise CheckpointError("a numpy array that is not of a plain numeric dtype was refused")
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise CheckpointError(f"a numpy array declares the shape {shape!r}")
+        count = math.prod(shape)
+        if count > self.MAX_ELEMENTS or not isinstance(raw, (bytes, bytearray)) or len(raw) != count * dtype.itemsize:
+            raise CheckpointError(f"a numpy array of shape {shape} does not hold its {count} values of {dtype} "
+                                  "(or is larger than a setting is)")
+        order = "F" if fortran else "C"
+        self.value = np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order=order).copy()
+
+
+def numpy_array(cls, shape=(0,), dtype_code=b"b"):
+    """numpy's ``_reconstruct(ndarray, shape, code)``: an empty array that ``__setstate__`` fills."""
+    if cls is not NDARRAY:
+        raise CheckpointError("a numpy array of a subclass was refused")
+    return NumpyArray()
+
+
+NDARRAY = object()  # what ("numpy", "ndarray") resolves to: only a marker for numpy_array
+
+
 ALLOWED = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -113,6 +149,9 @@ ALLOWED = {
     ("numpy.core.multiarray", "scalar"): numpy_scalar,
     ("numpy._core.multiarray", "scalar"): numpy_scalar,
     ("numpy", "dtype"): numpy_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): numpy_array,
+    ("numpy._core.multiarray", "_reconstruct"): numpy_array,
+    ("numpy", "ndarray"): NDARRAY,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
 }

@@ -16,7 +16,9 @@ _MISSING = object()
 
 
 def _plain(value):
-    """numpy scalars and 0-d arrays as the Python numbers they hold (the files keep some settings so)."""
+    """numpy scalars and 0-d arrays as the Python numbers they hold (the files keep some settings so); a
+    rebuilt numpy array (nvidia_pickle.NumpyArray) as its array."""
+    value = getattr(value, "value", value) if type(value).__name__ == "NumpyArray" else value
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "biuf":
@@ -67,6 +69,16 @@ def dict_field(record: Mapping, name: str, what: str) -> dict:
         raise CheckpointError(f"{what}: {name} is a {type(value).__name__} ({str(value)[:60]!r}); a record of "
                               "settings belongs there")
     return dict(value)
+
+
+def size_field(record: Mapping, name: str, default, what: str) -> int:
+    """A square size kept as a number or as [width, height] (NVIDIA's StyleGAN3 layers): the one side."""
+    value = _get(record, name, default, what)
+    if isinstance(value, np.ndarray) and value.shape == (2,) and value.dtype.kind in "iu" and value[0] == value[1]:
+        value = int(value[0])
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    return int_field({name: value}, name, None, what, low=1)
 
 
 def any_field(record: Mapping, name: str, default: Any, what: str) -> Any:

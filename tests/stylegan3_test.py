@@ -146,3 +146,65 @@ def test_a_model_directory_round_trips_and_upsamples(tmp_path):
                        "--steps", "3", "--seeds", "2", "--quiet")
     assert r.returncode in (0, 1), r.stderr  # 1: no seed within eps in three steps
     assert Image.open(tmp_path / "o" / "f.png").size == (64, 64)
+
+
+def _write_pickle(path, config, state, **kw):
+    from stylegan2_files import write_nvidia_pickle
+    from stylegan3_files import nvidia_generator
+
+    g = nvidia_generator(state, config, **kw)
+    return write_nvidia_pickle(path, g)
+
+
+def test_convert_network_reads_an_nvidia_stylegan3_pickle_without_running_it(tmp_path):
+    """The real pickle structure (persistent records with module_src, numpy sizes and floats, keyword
+    arguments), R with a non-identity transform: the model directory gives the reference's images, records
+    the source's sha256, and the source (which would write a file) never ran."""
+    from helpers import convert_here
+
+    marker = tmp_path / "pwned"
+    source = f"open({str(marker)!r}, 'w').write('ran')\n"
+    exec(compile(source, "planted", "exec"), {})  # the plant is live: run as NVIDIA's loader would, it leaves a trace
+    assert marker.exists()
+    marker.unlink()
+    state = random_state(R64, seed=6, transform=rotation_translation(-0.4, 0.05, 0.1))
+    path = _write_pickle(tmp_path / "network-snapshot.pkl", R64, state, module_src=source)
+    r = convert_here("--network", path, "--out", tmp_path / "m", "--fit-samples", "1000", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()
+    model = pj.load_model(tmp_path / "m")
+    assert model.generator.config == R64 and model.num_ws == R64.num_ws
+    ws = torch.randn(1, R64.num_ws, 512, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = ref.synthesis({k: v.double() for k, v in state.items()}, R64, ws.double()).numpy().transpose(0, 2, 3, 1)
+    ours = np.asarray(model.synthesize(jnp.asarray(ws.numpy()), []))
+    assert np.abs(ours - want).max() / want.std() < 5e-4
+    import hashlib
+    import json
+
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["architecture"] == "stylegan3"
+    assert meta["source"]["module_src_sha256"] == [hashlib.sha256(source.encode()).hexdigest()]
+
+
+def test_a_pickle_whose_layers_disagree_with_its_settings_is_refused_by_name(tmp_path):
+    from helpers import convert_here
+    from stylegan2_files import write_nvidia_pickle
+    from stylegan3_files import nvidia_generator
+
+    state = random_state(T64, seed=7)
+    g = nvidia_generator(state, T64)
+    layer = g.meta["state"]["_modules"]["synthesis"].meta["state"]["_modules"][layer_name(3, T64.layer_specs()[3])]
+    layer.meta["state"]["down_taps"] = 7
+    layer.meta["state"]["padding"] = [1, 2, 3, 4]
+    write_nvidia_pickle(tmp_path / "a.pkl", g)
+    r = convert_here("--network", tmp_path / "a.pkl", "--out", tmp_path / "m", "--quiet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    name = layer_name(3, T64.layer_specs()[3])
+    assert f"{name}.down_taps is 7 (the config gives 12)" in r.stderr and f"{name}.padding is [1, 2, 3, 4]" in r.stderr
+    conditional = nvidia_generator(state, T64, c_dim=10)
+    conditional.meta["state"]["_init_kwargs"]["c_dim"] = 10
+    write_nvidia_pickle(tmp_path / "c.pkl", conditional)
+    r = convert_here("--network", tmp_path / "c.pkl", "--out", tmp_path / "m", "--quiet")
+    assert r.returncode == 2 and "a conditional generator" in r.stderr, r.stderr
+    assert not (tmp_path / "m").exists()

@@ -535,5 +535,4 @@ PRESETS = {
 FAMILY = Family(
     name=StyleGAN3Config.architecture, title="StyleGAN3", generator=StyleGAN3, config=StyleGAN3Config,
     presets=PRESETS, demo_preset="t_tiny_64", variants={"stylegan3-t": "t_tiny_64", "stylegan3-r": "r_tiny_64"},
-    files="NVIDIA's stylegan3-t-*.pkl and stylegan3-r-*.pkl network pickles (not readable yet: the reader is "
-          "to come)")
+    files="NVIDIA's stylegan3-t-*.pkl and stylegan3-r-*.pkl network pickles (--network)")
