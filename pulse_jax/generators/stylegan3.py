@@ -226,48 +226,64 @@ def layer_filters(spec: LayerSpec, filter_size: int) -> tuple[np.ndarray | None,
 # ---- resampling: NVIDIA's upfirdn2d (zero insertion, padding, convolution, decimation) without zeros ----
 
 
+# Outputs per tile of the separable resampling. Each tile is one small dense matrix (the filter's taps at
+# their places) applied to a window of the input: the same matrix for every tile, as the operation repeats
+# with its period. Measured on 2 CPU cores (fwd+bwd of a layer's filtered leaky ReLU): 256 px config T,
+# 148 px layer of 512 channels, 9.6 s as shifted adds, 1.5 s tiled at 32, 1.2 s at 64; the 1024 px layer
+# of 1044 px and 81 channels 15.7 s, 13.5 s and 10.4 s (docs/stylegan.md, "StyleGAN3").
+TILE = 64
+HIGHEST = lax.Precision.HIGHEST
+
+
+def _tiled(x: jax.Array, axis: int, starts: np.ndarray, matrix: jax.Array, length: int) -> jax.Array:
+    """Along ``axis`` (1 or 2 of (B, H, W, C)): tile t's outputs are ``matrix @ x[starts[t] : starts[t] +
+    width]`` (zeros outside x); the first ``length`` outputs."""
+    n, width = x.shape[axis], matrix.shape[1]
+    before = max(0, -int(starts.min()))
+    after = max(0, int(starts.max()) + width - 1 - (n - 1))
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (before, after)
+    windows = jnp.take(jnp.pad(x, pads), starts[:, None] + np.arange(width)[None, :] + before, axis=axis)
+    if axis == 2:
+        y = jnp.einsum("bhtwc,jw->bhtjc", windows, matrix, precision=HIGHEST)
+    else:
+        y = jnp.einsum("btwxc,jw->btjxc", windows, matrix, precision=HIGHEST)
+    shape = list(y.shape)
+    shape[axis:axis + 2] = [shape[axis] * shape[axis + 1]]
+    return lax.slice_in_dim(y.reshape(shape), 0, length, axis=axis)
+
+
+def _tap_matrix(flipped: jax.Array, k_index: np.ndarray) -> jax.Array:
+    """The taps placed where ``k_index`` (static) names a tap in [0, K), zero elsewhere."""
+    k = flipped.shape[0]
+    return jnp.where((k_index >= 0) & (k_index < k), flipped[np.clip(k_index, 0, k - 1)], 0.0)
+
+
 def _up_axis(x: jax.Array, taps: jax.Array, up: int, pad: tuple[int, int], axis: int) -> jax.Array:
     """Along ``axis``: insert up - 1 zeros after each sample, pad (negative: crop), convolve with ``taps``,
-    times ``up`` (the gain that keeps a signal's level). Written polyphase: output phase r sums only the
-    taps that meet samples, every ``up``-th, as shifted adds over x itself."""
+    times ``up`` (the gain that keeps a signal's level); computed in tiles over x itself, no zeros:
+    output j = tile t, row r meets input s = t T / up + c0 + m through tap ``up (c0 + m) + pad - r``."""
     n, k = x.shape[axis], taps.shape[0]
-    flipped = taps[::-1]  # a convolution: the reversed taps slide over the signal
+    tile = -(-TILE // up) * up
     length = n * up + pad[0] + pad[1] - k + 1
-    rows = -(-length // up)
-    phases, reads = [], []
-    for r in range(up):
-        k0 = (pad[0] - r) % up
-        start = (r + k0 - pad[0]) // up
-        reads.append((k0, start, list(range(k0, k, up))))
-    lo = min(start for _, start, _ in reads)
-    hi = max(start + len(ks) - 1 for _, start, ks in reads) + rows - 1
-    before, after = max(0, -lo), max(0, hi - (n - 1))
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (before, after)
-    xp = jnp.pad(x, widths)
-    for _, start, ks in reads:
-        acc = None
-        for m, kk in enumerate(ks):
-            part = lax.slice_in_dim(xp, start + m + before, start + m + before + rows, axis=axis) * flipped[kk]
-            acc = part if acc is None else acc + part
-        phases.append(acc if acc is not None else jnp.zeros_like(lax.slice_in_dim(xp, 0, rows, axis=axis)))
-    y = jnp.stack(phases, axis=axis + 1)
-    shape = list(x.shape)
-    shape[axis] = rows * up
-    return lax.slice_in_dim(y.reshape(shape), 0, length, axis=axis) * up
+    c0 = (-pad[0]) // up
+    width = -(-(tile + k - 1) // up) + 1
+    r, m = np.meshgrid(np.arange(tile), np.arange(width), indexing="ij")
+    matrix = _tap_matrix(taps[::-1], up * (c0 + m) + pad[0] - r) * up
+    starts = np.arange(-(-length // tile)) * (tile // up) + c0
+    return _tiled(x, axis, starts, matrix, length)
 
 
 def _down_axis(x: jax.Array, taps: jax.Array, down: int, axis: int) -> jax.Array:
     """Along ``axis``: convolve with ``taps`` (no padding), keep every ``down``-th output: only those are
-    computed, each tap a strided slice of x."""
+    computed, in tiles (output row r of a tile reads its window from r down on)."""
     n, k = x.shape[axis], taps.shape[0]
-    flipped = taps[::-1]
     count = (n - k + down) // down
-    acc = None
-    for kk in range(k):
-        part = lax.slice_in_dim(x, kk, kk + down * (count - 1) + 1, stride=down, axis=axis) * flipped[kk]
-        acc = part if acc is None else acc + part
-    return acc
+    width = down * (TILE - 1) + k
+    r, m = np.meshgrid(np.arange(TILE), np.arange(width), indexing="ij")
+    matrix = _tap_matrix(taps[::-1], m - down * r)
+    starts = np.arange(-(-count // TILE)) * (TILE * down)
+    return _tiled(x, axis, starts, matrix, count)
 
 
 def _down_2d(x: jax.Array, f: jax.Array, down: int) -> jax.Array:
