@@ -4,6 +4,7 @@
 # its own time limit so one overrun does not lose the rest.
 #   bash benchmarks/gpu.sh          the whole table (about 8 minutes)
 #   bash benchmarks/gpu.sh throughput  the search-idle fraction at 1024 px and the bookkeeping per input
+#   bash benchmarks/gpu.sh stylegan3   StyleGAN3 T and R at 256 and 1024 px beside the torch loop
 #   bash benchmarks/gpu.sh missing  what RESULTS.md lists as not measured yet (9 minutes at most): the
 #                                   most seeds that fit at 1024 (TF32), found by running sizes in fresh
 #                                   processes from a guess; ours at 32 seeds (TF32); the PyTorch loop's
@@ -48,7 +49,12 @@ run() {  # run SECONDS NAME ARGS...: one bench invocation with its own limit (BE
   pack
 }
 
-if [ "$MODE" = throughput ]; then
+if [ "$MODE" = stylegan3 ]; then
+  # StyleGAN3 beside the torch loop on the reference (float32 both sides), T and R at 256 and 1024.
+  for c in t256 r256 t1024 r1024; do
+    BENCH=benchmarks/stylegan3_bench.py run 150 "stylegan3_$c" --config "$c" --seeds 1 4 --chunk 2 --reps 3
+  done
+elif [ "$MODE" = throughput ]; then
   # The run as a whole: how idle the search is at 1024 px between batches (reading, encoding, journal),
   # and the per-input cost of the bookkeeping over folders of tiny inputs (not in the markdown table).
   BENCH=benchmarks/throughput.py run 240 throughput_idle_1024 --idle --resolution 1024 --inputs 16 --steps 20

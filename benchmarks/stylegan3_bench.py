@@ -64,16 +64,19 @@ def time_ours(model, seeds: int, chunk: int, reps: int) -> dict:
     return {"step_s": float(statistics.median(times[1:]) / chunk), "first_chunk_s": float(times[0])}
 
 
-def time_torch(model, state, seeds: int, chunk: int, reps: int) -> dict:
+def time_torch(model, state, seeds: int, chunk: int, reps: int, device: str) -> dict:
     config = model.generator.config
+    state = {k: v.to(device) for k, v in state.items()}
     g = torch.Generator().manual_seed(0)
-    lr = torch.rand(seeds, 3, LR_SIZE, LR_SIZE, generator=g)
-    latent = torch.randn(seeds, model.num_ws, 512, generator=g)
-    fit = (torch.zeros(512), torch.ones(512))
+    lr = torch.rand(seeds, 3, LR_SIZE, LR_SIZE, generator=g).to(device)
+    latent = torch.randn(seeds, model.num_ws, 512, generator=g).to(device)
+    fit = (torch.zeros(512, device=device), torch.ones(512, device=device))
 
     def run():
         pulse_torch.run(state, fit, lr, latent, [], trainable_layers=(), steps=chunk, num_ws=model.num_ws,
                         synthesis=lambda s, w, maps: ref.synthesis(s, config, w), resolution=config.resolution)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     t0 = time.perf_counter()
     run()
@@ -94,11 +97,14 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="timed chunks per side (median)")
     p.add_argument("--out")
     args = p.parse_args()
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    if device == "cuda":  # float32 on both sides
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     model, state = build(args.config)
     rows = []
     for seeds in args.seeds:
         ours = time_ours(model, seeds, args.chunk, args.reps)
-        theirs = time_torch(model, state, seeds, args.chunk, args.reps)
+        theirs = time_torch(model, state, seeds, args.chunk, args.reps, device)
         row = {"config": args.config, "resolution": model.generator.resolution, "seeds": seeds,
                "ours_step_s": ours["step_s"], "torch_step_s": theirs["step_s"],
                "speedup": theirs["step_s"] / ours["step_s"], "ours_first_chunk_s": ours["first_chunk_s"],
