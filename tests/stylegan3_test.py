@@ -28,8 +28,9 @@ def converted(config, state):
 
 @pytest.mark.parametrize(("config", "transform"), [
     (T64, None),
-    (R64, rotation_translation(0.3, 0.1, -0.05)),
-    (StyleGAN3Config(resolution=128, channel_base=512, channel_max=16, num_layers=10), None),
+    pytest.param(R64, rotation_translation(0.3, 0.1, -0.05), marks=pytest.mark.slow),
+    pytest.param(StyleGAN3Config(resolution=128, channel_base=512, channel_max=16, num_layers=10), None,
+                 marks=pytest.mark.slow),
 ], ids=["T64", "R64-transformed", "T128"])
 def test_synthesis_matches_the_reference(config, transform):
     state = random_state(config, seed=1, transform=transform)
@@ -86,6 +87,7 @@ def test_a_file_with_other_filters_or_shapes_is_refused_by_name():
         assert said in str(e.value)
 
 
+@pytest.mark.slow  # 15-30 s on 2 cores: the fast tier keeps T64's parity, the layouts and the refusals
 def test_search_follows_the_torch_loop(gaussian_fit):
     """PULSE's loop on the reference generator (no noise maps: only W+ is searched), from the same start:
     step 0 within 1e-5 (one forward pass: rounding only), the later steps as for the other families (Adam's
@@ -156,6 +158,7 @@ def _write_pickle(path, config, state, **kw):
     return write_nvidia_pickle(path, g)
 
 
+@pytest.mark.slow  # 15-30 s on 2 cores: the fast tier keeps T64's parity, the layouts and the refusals
 def test_convert_network_reads_an_nvidia_stylegan3_pickle_without_running_it(tmp_path):
     """The real pickle structure (persistent records with module_src, numpy sizes and floats, keyword
     arguments), R with a non-identity transform: the model directory gives the reference's images, records
