@@ -17,6 +17,12 @@ from pulse_jax.generators.stylegan3 import StyleGAN3Config, layer_filters, layer
 FILTER_TOLERANCE = 1e-5
 
 
+def _named(problems: list[str], what: str) -> None:
+    if problems:
+        more = f" and {len(problems) - 8} more" if len(problems) > 8 else ""
+        raise CheckpointError(f"{what}: " + "; ".join(problems[:8]) + more)
+
+
 def _take(state: dict, key: str, shape: tuple, problems: list, used: set):
     used.add(key)
     if key not in state:
@@ -66,9 +72,7 @@ def synthesis_arrays(state: dict, config: StyleGAN3Config, prefix: str = "synthe
         tree[name] = layer
     problems += [f"{k} is not a tensor of this StyleGAN3 network" for k in state
                  if k.startswith(prefix) and k not in used]
-    if problems:
-        raise CheckpointError("StyleGAN3 synthesis: " + "; ".join(problems[:8])
-                              + (f" and {len(problems) - 8} more" if len(problems) > 8 else ""))
+    _named(problems, "StyleGAN3 synthesis")
     return tree
 
 
@@ -82,9 +86,7 @@ def mapping_arrays(state: dict, config: StyleGAN3Config, prefix: str = "mapping.
     tree["w_avg"] = _take(state, f"{prefix}w_avg", (d,), problems, used)
     problems += [f"{k} is not a tensor of this StyleGAN3 mapping network" for k in state
                  if k.startswith(prefix) and k not in used]
-    if problems:
-        raise CheckpointError("StyleGAN3 mapping: " + "; ".join(problems[:8])
-                              + (f" and {len(problems) - 8} more" if len(problems) > 8 else ""))
+    _named(problems, "StyleGAN3 mapping")
     return tree
 
 
@@ -197,7 +199,4 @@ def check_geometry(synthesis, config: StyleGAN3Config, what: str) -> None:
         clamp = float_field(state, "conv_clamp", None, where, optional=True)
         if clamp != config.conv_clamp:
             problems.append(f"{name}.conv_clamp is {clamp} (the config gives {config.conv_clamp})")
-    if problems:
-        more = f" and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise CheckpointError(f"{what}: the layers' stored geometry is not what the file's settings give: "
-                              + "; ".join(problems[:8]) + more)
+    _named(problems, f"{what}: the layers' stored geometry is not what the file's settings give")

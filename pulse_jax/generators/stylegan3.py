@@ -23,7 +23,7 @@ from flax import nnx
 from jax import lax
 
 from pulse_jax.generators.base import FlaxGenerator
-from pulse_jax.generators.layers import Dense, leaky_relu, matmul_operands, normalize_2nd_moment, standard_normal
+from pulse_jax.generators.layers import Dense, leaky_relu, matmul_operands, standard_normal
 from pulse_jax.generators.registry import Family
 
 SQRT2 = math.sqrt(2.0)
@@ -475,24 +475,6 @@ class Synthesis(nnx.Module):
         return x * self.output_scale
 
 
-class Mapping(nnx.Module):
-    """z (B, D) -> 2nd-moment normalisation -> mapping_layers x (dense, lr x0.01, lrelu x sqrt 2) -> w;
-    ``w_avg`` the running mean of w the file keeps."""
-
-    def __init__(self, config: StyleGAN3Config, *, rngs: nnx.Rngs):
-        d = config.dlatent_size
-        self.num_layers = config.mapping_layers
-        for i in range(self.num_layers):
-            setattr(self, f"fc{i}", Dense(d, d, gain=1.0, lrmul=config.mapping_lr_multiplier, rngs=rngs))
-        self.w_avg = nnx.Param(standard_normal(rngs.params(), (d,)))
-
-    def __call__(self, z: jax.Array, precision: str = "highest") -> jax.Array:
-        x = normalize_2nd_moment(z)
-        for i in range(self.num_layers):
-            x = leaky_relu(getattr(self, f"fc{i}")(x, precision)) * SQRT2
-        return x
-
-
 @dataclasses.dataclass(frozen=True)
 class StyleGAN3(FlaxGenerator):
     """StyleGAN3 behind the generator contract: num_ws W+ rows (input, every layer, ToRGB), no noise maps."""
@@ -503,7 +485,10 @@ class StyleGAN3(FlaxGenerator):
     def synthesis_module(self, rngs: nnx.Rngs) -> Synthesis:
         return Synthesis(self.config, rngs=rngs)
 
-    def mapping_module(self, rngs: nnx.Rngs) -> Mapping:
+    def mapping_module(self, rngs: nnx.Rngs) -> nnx.Module:
+        # StyleGAN2's: z normalised, mapping_layers dense layers (lr x0.01, lrelu x sqrt 2), w_avg kept.
+        from pulse_jax.generators.stylegan2 import Mapping
+
         return Mapping(self.config, rngs=rngs)
 
     @property
