@@ -31,7 +31,9 @@ def converted(config, state):
     pytest.param(R64, rotation_translation(0.3, 0.1, -0.05), marks=pytest.mark.slow),
     pytest.param(StyleGAN3Config(resolution=128, channel_base=512, channel_max=16, num_layers=10), None,
                  marks=pytest.mark.slow),
-], ids=["T64", "R64-transformed", "T128"])
+    pytest.param(StyleGAN3Config(resolution=256, channel_base=512, channel_max=8, conv_kernel=1, radial_filters=True),
+                 rotation_translation(-0.2, 0.0, 0.08), marks=pytest.mark.slow),
+], ids=["T64", "R64-transformed", "T128", "R256-transformed"])
 def test_synthesis_matches_the_reference(config, transform):
     state = random_state(config, seed=1, transform=transform)
     g, synthesis, _ = converted(config, state)
