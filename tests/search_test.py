@@ -319,6 +319,10 @@ def test_seed_groups_cover_every_seed_once_in_near_equal_groups():
     assert seed_groups(4, 1, 1024) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert seed_groups(16, 1, 256) == [(0, 16)]
     assert seed_groups(5, 3, 1024) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    # A family that holds far more than its image per example says so (StyleGAN3's work_pixels): one seed
+    # per call at 256 px, where the image alone would allow 16.
+    sg3 = pj.StyleGAN3Config(resolution=256)
+    assert seed_groups(4, 1, 256, pj.generators.StyleGAN3(sg3).work_pixels) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     for seeds, images, resolution in [(7, 1, 512), (33, 2, 256), (1, 1, 1024), (100, 1, 128)]:
         groups = seed_groups(seeds, images, resolution)
         assert [g[0] for g in groups[1:]] == [g[1] for g in groups[:-1]]

@@ -10,6 +10,9 @@ it can be a static argument of a jitted program. Its networks are Flax NNX modul
   with ``pulse_jax.fields.option``: they become flags);
 - the mapping network, ``MappingNetwork``: ``module(z (B, D), precision) -> w (B, D)``.
 
+Optional: ``work_pixels``, what one example's search step holds in output-image pixels, where that is far
+more than the image (StyleGAN3): the CPU's seeds per call are counted with it.
+
 ``FlaxGenerator`` writes everything else once (binding arrays, random weights, abstract shapes, the pure
 synthesize / map / prepare). Nothing in this package knows about the search or about files; what a new
 family provides is listed in docs/architecture.md.

@@ -498,6 +498,15 @@ class StyleGAN3(FlaxGenerator):
     def noise_shapes(self) -> tuple[tuple[int, int], ...]:
         return ()
 
+    @property
+    def work_pixels(self) -> int:
+        """What one example's step holds, in 3-channel output pixels: the largest layer's upsampled signal
+        (its channels at up to 4x its side), for the CPU's seeds per call (latent_search.programs). At 256 px
+        (config T) 430x the image (four seeds in one call asked for 26.7 GB), where StyleGAN v1 and 2 hold
+        about the image's own."""
+        return max((s.in_size * s.up + s.padding[0] + s.padding[1]) ** 2 * s.out_channels // 3
+                   for s in self.config.layer_specs())
+
     def random_params(self, seed: int = 0, *, with_mapping: bool = True):
         """Random weights, with each layer's input-magnitude average measured on the network's own
         activations (as training leaves it), so that every layer sees signals of unit mean square."""

@@ -203,7 +203,8 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
     chunk = options.chunk_steps or max(1, -(-config.steps // 10))
     groups = [(0, seeds)]
     if step_loop == "host" and placement is None and jax.default_backend() == "cpu":
-        groups = programs.seed_groups(seeds, lr_images.shape[0], model.generator.resolution)
+        groups = programs.seed_groups(seeds, lr_images.shape[0], model.generator.resolution,
+                                      getattr(model.generator, "work_pixels", None))
     parts = programs.split_seeds(state, groups)
     done, compile_seconds = 0, 0.0
     while done < config.steps:

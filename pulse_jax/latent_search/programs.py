@@ -109,10 +109,12 @@ def compile_step_program(model, seeds: int, lr_size: int, options: RunOptions | 
 CPU_PIXELS_PER_CALL = 1024 * 1024
 
 
-def seed_groups(seeds: int, num_images: int, resolution: int) -> list[tuple[int, int]]:
+def seed_groups(seeds: int, num_images: int, resolution: int, work_pixels: int | None = None) -> list[tuple[int, int]]:
     """(start, stop) of each group of seeds one host-loop call runs: sizes differ by at most one, so
-    that at most two programs are compiled."""
-    most = max(1, CPU_PIXELS_PER_CALL // (num_images * resolution * resolution))
+    that at most two programs are compiled. ``work_pixels``: what one example's step holds, in output-image
+    pixels (a family's ``work_pixels``; default the image's own: StyleGAN v1 and 2)."""
+    per_example = work_pixels or resolution * resolution
+    most = max(1, CPU_PIXELS_PER_CALL // (num_images * per_example))
     count = -(-seeds // most)
     bounds = [seeds * i // count for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
