@@ -26,13 +26,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from reference import pulse_torch  # noqa: E402
 from reference import stylegan3_torch as ref  # noqa: E402
+from stylegan2_bench import LR_SIZE, time_ours  # noqa: E402  (the same timing of our search, any family)
 from stylegan3_files import random_state  # noqa: E402
 
 import pulse_jax as pj  # noqa: E402
 from convert.stylegan3 import mapping_arrays, synthesis_arrays  # noqa: E402
 from pulse_jax.generators.stylegan3 import PRESETS, StyleGAN3Config  # noqa: E402
 
-LR_SIZE = 32
 # NVIDIA's released architectures: T at 1024 (FFHQ, MetFaces), T at 256 (FFHQ-U 256: channel_base 32768).
 CONFIGS = {"t1024": PRESETS["t_ffhq_1024"], "r1024": PRESETS["r_ffhq_1024"],
            "t256": StyleGAN3Config(resolution=256), "r256": StyleGAN3Config(resolution=256, channel_base=65536,
@@ -47,21 +47,6 @@ def build(name: str):
     fit = (np.zeros(512, np.float32), np.ones(512, np.float32))
     model = pj.Model.from_arrays(config, synthesis_arrays(arrays, config), mapping_arrays(arrays, config), fit)
     return model, state
-
-
-def time_ours(model, seeds: int, chunk: int, reps: int) -> dict:
-    lr = np.random.default_rng(0).random((1, LR_SIZE, LR_SIZE, 3), dtype=np.float32)
-    marks = []
-
-    def on_chunk(done):
-        jax.block_until_ready(done.state)
-        marks.append(time.perf_counter())
-
-    start = time.perf_counter()
-    pj.search(model, lr, pj.PulseConfig(steps=chunk * (reps + 1)), pj.RunOptions(chunk_steps=chunk), seeds=seeds,
-              key=jax.random.key(0), on_chunk=on_chunk)
-    times = np.diff([start] + marks)
-    return {"step_s": float(statistics.median(times[1:]) / chunk), "first_chunk_s": float(times[0])}
 
 
 def time_torch(model, state, seeds: int, chunk: int, reps: int, device: str) -> dict:
@@ -103,7 +88,7 @@ def main() -> None:
     model, state = build(args.config)
     rows = []
     for seeds in args.seeds:
-        ours = time_ours(model, seeds, args.chunk, args.reps)
+        ours = time_ours(model, seeds, args.chunk, args.reps, "highest")
         theirs = time_torch(model, state, seeds, args.chunk, args.reps, device)
         row = {"config": args.config, "resolution": model.generator.resolution, "seeds": seeds,
                "ours_step_s": ours["step_s"], "torch_step_s": theirs["step_s"],

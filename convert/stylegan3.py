@@ -57,7 +57,7 @@ def synthesis_arrays(state: dict, config: StyleGAN3Config, prefix: str = "synthe
                  "weight": None if w is None else np.ascontiguousarray(w.transpose(2, 3, 1, 0)),
                  "bias": take(f"{name}.bias", (spec.out_channels,)),
                  "magnitude_ema": take(f"{name}.magnitude_ema", ())}
-        up, down = layer_filters(spec, config.filter_size)
+        up, down = layer_filters(spec)
         for key, designed in (("up_filter", up), ("down_filter", down)):
             if designed is None:
                 if prefix + f"{name}.{key}" in state:

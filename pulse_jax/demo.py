@@ -39,7 +39,7 @@ def demo_model_name(architecture: str):
     """(family, preset) of a demo --arch name."""
     choices = registry.demo_choices()
     if architecture not in choices:
-        return registry.family(architecture), None  # the registry's message names what it knows
+        registry.family(architecture)  # raises, naming the families it knows
     return choices[architecture]
 
 

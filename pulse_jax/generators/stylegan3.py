@@ -25,6 +25,7 @@ from jax import lax
 from pulse_jax.generators.base import FlaxGenerator
 from pulse_jax.generators.layers import Dense, leaky_relu, matmul_operands, standard_normal
 from pulse_jax.generators.registry import Family
+from pulse_jax.generators.stylegan2 import Affine, Mapping
 
 SQRT2 = math.sqrt(2.0)
 DEMODULATION_EPS = 1e-8
@@ -211,9 +212,8 @@ def radial_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float) 
     return (f / f.sum()).astype(np.float32)
 
 
-def layer_filters(spec: LayerSpec, filter_size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def layer_filters(spec: LayerSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(up filter (taps,) or None, down filter (taps,), (taps, taps) radial, or None) of one layer."""
-    del filter_size  # the taps are in the spec
     tmp_rate = spec.in_sampling_rate * spec.up
     up = lowpass_filter(spec.up_taps, spec.in_cutoff, spec.in_half_width * 2, tmp_rate)
     if spec.down_taps == 1:
@@ -400,9 +400,7 @@ class SynthesisLayer(nnx.Module):
     """Modulated convolution ("full" padding: k - 1 on each side) with demodulation and the input's
     magnitude normalisation (ToRGB: 1x1, styles / sqrt(I), no demodulation), then the filtered leaky ReLU."""
 
-    def __init__(self, spec: LayerSpec, w_dim: int, filter_size: int, conv_clamp, *, rngs: nnx.Rngs):
-        from pulse_jax.generators.stylegan2 import Affine
-
+    def __init__(self, spec: LayerSpec, w_dim: int, conv_clamp, *, rngs: nnx.Rngs):
         k = spec.conv_kernel
         self.spec = spec
         self.conv_clamp = conv_clamp
@@ -410,7 +408,7 @@ class SynthesisLayer(nnx.Module):
         self.weight = nnx.Param(standard_normal(rngs.params(), (k, k, spec.in_channels, spec.out_channels)))
         self.bias = nnx.Param(0.1 * standard_normal(rngs.params(), (spec.out_channels,)))
         self.magnitude_ema = Buffer(jnp.ones(()))
-        up, down = layer_filters(spec, filter_size)
+        up, down = layer_filters(spec)
         self.up_filter = None if up is None else Buffer(jnp.asarray(up))
         self.down_filter = None if down is None else Buffer(jnp.asarray(down))
 
@@ -453,8 +451,7 @@ class Synthesis(nnx.Module):
         self.input = FourierInput(config.input_spec(), config.dlatent_size, rngs=rngs)
         self.layer_names = tuple(layer_name(i, spec) for i, spec in enumerate(config.layer_specs()))
         for name, spec in zip(self.layer_names, config.layer_specs(), strict=True):  # NVIDIA's names: string keys
-            setattr(self, name, SynthesisLayer(spec, config.dlatent_size, config.filter_size, config.conv_clamp,
-                                               rngs=rngs))
+            setattr(self, name, SynthesisLayer(spec, config.dlatent_size, config.conv_clamp, rngs=rngs))
 
     @property
     def layers(self) -> list[SynthesisLayer]:
@@ -487,8 +484,6 @@ class StyleGAN3(FlaxGenerator):
 
     def mapping_module(self, rngs: nnx.Rngs) -> nnx.Module:
         # StyleGAN2's: z normalised, mapping_layers dense layers (lr x0.01, lrelu x sqrt 2), w_avg kept.
-        from pulse_jax.generators.stylegan2 import Mapping
-
         return Mapping(self.config, rngs=rngs)
 
     @property
