@@ -9,6 +9,7 @@ leaves a half-written model under the final name.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import errno
@@ -19,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -318,7 +320,7 @@ def save_tree(tree: dict, meta: dict, directory: str | os.PathLike, *, overwrite
                             "folder?); nothing was replaced") from None
     finally:
         if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_after_late_writers(staging)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return directory
@@ -390,13 +392,36 @@ def _check_room(directory: Path, nbytes: int) -> None:
                        f"{need / 1e6:.1f} MB): free space or choose another --out")
 
 
+LATE_WRITES_SETTLE_S = 0.3  # a failed staging folder must stay gone this long before we trust it is gone
+LATE_WRITES_GIVE_UP_S = 10.0
+
+
+def _remove_after_late_writers(staging: Path) -> None:
+    """After a failed write orbax's storage threads can still be writing into the staging folder (its
+    close() does not wait for them): one removal can race a file created after it. Remove until the
+    folder has stayed gone a while, and once more at exit, so that a full disk leaves nothing behind."""
+    deadline = time.monotonic() + LATE_WRITES_GIVE_UP_S
+    gone_since = None
+    while time.monotonic() < deadline:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= LATE_WRITES_SETTLE_S:
+            break
+        time.sleep(0.05)
+    atexit.register(shutil.rmtree, staging, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _orbax_failures_quiet():
     """A failed orbax write or read logs the failure from each of its threads, and its storage threads,
     finishing after orbax closed their event loop, report 'Event loop is closed' through
     sys.unraisablehook (dozens of tracebacks for one full disk). The failure itself reaches the caller as
-    one exception, said once: meanwhile orbax's loggers keep quiet; those late loop reports are dropped
-    from then on."""
+    one exception, said once: meanwhile orbax's loggers keep quiet, and after a failure they stay quiet
+    (its tasks' exceptions are logged again when they are collected, at exit); those late loop reports
+    are dropped from then on."""
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -408,15 +433,10 @@ def _orbax_failures_quiet():
             previous(report)
 
     sys.unraisablehook = drop_closed_loop_reports
-    try:
-        yield
-    except BaseException:
-        raise  # the hook stays: the late reports come after the failure
-    else:
-        sys.unraisablehook = previous
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    yield  # after a failure the hook and the quiet loggers stay: the late reports come after it
+    sys.unraisablehook = previous
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
 
 
 def _chain(e: BaseException | None):

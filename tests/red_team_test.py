@@ -397,7 +397,8 @@ def test_convert_onto_a_full_disk_is_one_line(tmp_path):
                        "--synthesis", checkpoint, "--out", disk / "m", "--quiet")
         one_line_error(r, "disk is full", "nothing was replaced")
         assert len(r.stderr.splitlines()) < 3, r.stderr[:2000]
-        assert not [p for p in disk.iterdir()]
+        left = subprocess.run(['find', str(disk), '-ls'], capture_output=True, text=True).stdout
+        assert not [p for p in disk.iterdir()], left
     finally:
         subprocess.run(["umount", str(disk)])
 
