@@ -102,6 +102,20 @@ def tiny_model_dir(tiny, tmp_path_factory):
     return pj.save_model(tiny, tmp_path_factory.mktemp("models") / "tiny")
 
 
+# The day-to-day tier (`-m "not slow"`, as README gives it) is mostly compiling: there XLA's backend skips
+# LLVM's optimisation passes (a fifth less time on 2 cores; the programs run slower, but its cases are
+# small). CI and the whole suite compile as users' runs do. Set before the workers start, so that they
+# and every command a test runs inherit it; jax reads XLA_FLAGS when its backend starts, after this.
+FAST_TIER = "not slow"
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+
+
+def pytest_configure(config):
+    flags = os.environ.get("XLA_FLAGS", "")
+    if config.getoption("markexpr") == FAST_TIER and "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAG}".strip()
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -132,6 +132,37 @@ def nvidia_generator(sd, resolution, channel_base, channel_max, conv_clamp=None,
                num_ws=num_ws)
 
 
+STYLEGAN3_REPO_SRC = "# stands in for the stylegan3 repository's training/networks_stylegan2.py\n"
+
+
+def as_stylegan3_repository(generator: Net) -> Net:
+    """The same network as the stylegan3 repository's ``training.networks_stylegan2`` pickles it (its
+    StyleGAN2 releases and anything trained there with --cfg=stylegan2): other module source, and the
+    attributes its classes add (SynthesisBlock's fused_modconv_default, num_conv, num_torgb, channels_last;
+    MappingNetwork's trainable_layers; FullyConnectedLayer's sizes), with 'inference_only' as its
+    train.py sets it for that config."""
+    def visit(net: Net):
+        state = net.meta["state"]
+        net.meta["module_src"] = STYLEGAN3_REPO_SRC
+        name = net.meta["class_name"]
+        if name == "SynthesisBlock":
+            state.update(fused_modconv_default="inference_only", channels_last=False,
+                         num_conv=len([m for m in state["_modules"] if m.startswith("conv")]),
+                         num_torgb=int("torgb" in state["_modules"]))
+            state["_init_kwargs"]["fused_modconv_default"] = "inference_only"
+        elif name == "MappingNetwork":
+            state["trainable_layers"] = state["num_layers"]
+        elif name == "FullyConnectedLayer":
+            out_features, in_features = state["_parameters"]["weight"].shape
+            state.update(in_features=in_features, out_features=out_features)
+        for child in state["_modules"].values():
+            visit(child)
+
+    visit(generator)
+    generator.meta["state"]["_init_kwargs"]["synthesis_kwargs"]["fused_modconv_default"] = "inference_only"
+    return generator
+
+
 def write_nvidia_pickle(path, generator, *, extra=None):
     """{G, D, G_ema, augment_pipe, training_set_kwargs}, as NVIDIA's training loop pickles its snapshots."""
     data = {"G": generator, "D": Net("Discriminator", {"b4.fc.weight": torch.randn(4, 4)}),

@@ -101,6 +101,20 @@ def test_rosinality_checkpoint_gives_the_same_generator(small_sd, tmp_path):
     np.testing.assert_array_equal(np.asarray(model.w_avg), small_sd["mapping.w_avg"].numpy())
 
 
+def test_a_stylegan2_pickle_of_the_stylegan3_repository_converts(small_sd, tmp_path):
+    """NVIDIA's stylegan3 repository pickles its StyleGAN2 networks (stylegan2-*.pkl of that release, and
+    --cfg=stylegan2 runs) from ``training.networks_stylegan2``: the same records with a few attributes
+    more. They are StyleGAN2, not refused as StyleGAN3, and give the reference's images."""
+    g = files.as_stylegan3_repository(files.nvidia_generator(small_sd, 64, 1024, 32, SMALL["conv_clamp"]))
+    read = read_network(str(files.write_nvidia_pickle(tmp_path / "stylegan2-ffhqu-64x64.pkl", g)))
+    assert read.config == pj.StyleGAN2Config(**SMALL)
+    assert read.source["module_src_sha256"] == [hashlib.sha256(files.STYLEGAN3_REPO_SRC.encode()).hexdigest()]
+    model = pj.Model.from_arrays(read.config, read.synthesis, read.mapping)
+    ws, noise = inputs(read.config)
+    want = reference_runs(ref.synthesis, small_sd, ws, noise, SMALL["conv_clamp"])
+    assert_float32_parity(np.asarray(model.synthesize(ws.numpy(), [n.numpy() for n in noise])), *want)
+
+
 @pytest.mark.slow
 def test_1024_config_f_layout(tmp_path):
     """NVIDIA's FFHQ layout (config-f: 1024 px, channel_base 32768, 512 channels up to 64 px)."""
