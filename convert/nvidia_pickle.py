@@ -16,6 +16,7 @@ import hashlib
 import io
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,9 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
         raise CheckpointError(f"a tensor with a malformed size or stride ({size!r}, {stride!r}) was refused")
     n = math.prod(size)
     reach = offset + sum((s - 1) * t for s, t in zip(size, stride, strict=True))
-    elements = storage.size() if isinstance(storage, torch.TypedStorage) else storage.nbytes()
+    with warnings.catch_warnings():  # TypedStorage (what torch.load gives a storage as) warns when asked its size
+        warnings.simplefilter("ignore", UserWarning)
+        elements = storage.size() if isinstance(storage, torch.TypedStorage) else storage.nbytes()
     if n > torch_scan.MAX_TENSOR_ELEMENTS or (n and reach >= elements):
         raise CheckpointError(f"a tensor of size {list(size)} (stride {list(stride)}) over a storage of {elements:,} "
                               "elements was refused before it was made (larger than any generator's tensor, or "
