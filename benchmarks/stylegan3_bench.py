@@ -89,6 +89,7 @@ def main() -> None:
     rows = []
     for seeds in args.seeds:
         ours = time_ours(model, seeds, args.chunk, args.reps, "highest")
+        print(json.dumps({"config": args.config, "seeds": seeds, "ours": ours}), flush=True)  # if torch's side dies
         theirs = time_torch(model, state, seeds, args.chunk, args.reps, device)
         row = {"config": args.config, "resolution": model.generator.resolution, "seeds": seeds,
                "ours_step_s": ours["step_s"], "torch_step_s": theirs["step_s"],

@@ -132,6 +132,11 @@ def test_only_the_large_layers_run_in_strips():
                                             "L12_1044_32", "L13_1024_32"]
     assert in_strips(StyleGAN3Config(resolution=256)) == ["L10_276_256"]
     assert in_strips(T64) == in_strips(R64) == []
+    for spec in PRESETS["r_ffhq_1024"].layer_specs():  # rows shared evenly: a strip's worth past the edge at most
+        rows = strip_rows(spec)
+        if rows:
+            strips = -(-spec.out_size // rows)
+            assert rows % 4 == 0 and rows <= 128 and strips * rows - spec.out_size < 4 * strips, (spec, rows)
 
 
 def test_a_file_with_other_filters_or_shapes_is_refused_by_name():

@@ -352,7 +352,7 @@ def _filtered_rows(x: jax.Array, up_filter, down_filter, spec: LayerSpec, clamp,
 # on 2 cores, that layer's fwd+bwd: 6.6 GB of XLA's temporaries at once, 1.5 GB in strips of 128 rows
 # (1.0 GB in 64), 2% slower (5%); docs/stylegan.md, "StyleGAN3".
 STRIP_ELEMENTS = 2**26
-STRIP_ROWS = 128  # a multiple of every up factor (1, 2, 4), so that every strip has the same padding
+STRIP_ROWS = 128  # at most; a multiple of every up factor (1, 2, 4), so that every strip has the same padding
 
 
 def upsampled_elements(spec: LayerSpec) -> int:
@@ -372,10 +372,13 @@ def held_elements(spec: LayerSpec) -> int:
 
 
 def strip_rows(spec: LayerSpec) -> int | None:
-    """Output rows per strip for this layer, or None: the whole signal at once."""
+    """Output rows per strip for this layer, or None: the whole signal at once. The strips share the rows
+    evenly (a multiple of 4, every up factor's), so that the last is not mostly past the edge: 148 rows
+    are two strips of 76, not of 128 (which computed 73% more than the layer)."""
     if upsampled_elements(spec) <= STRIP_ELEMENTS or spec.out_size <= STRIP_ROWS:
         return None
-    return STRIP_ROWS
+    strips = -(-spec.out_size // STRIP_ROWS)
+    return -(-spec.out_size // (4 * strips)) * 4
 
 
 def filtered_lrelu(x: jax.Array, bias: jax.Array, up_filter, down_filter, spec: LayerSpec, clamp,
@@ -579,8 +582,8 @@ class StyleGAN3(FlaxGenerator):
     def work_pixels(self) -> int:
         """What one example's step holds, in 3-channel output pixels: the largest upsampled signal a layer
         holds at once (its channels at up to 4x its side; one strip's rows where the layer runs in strips),
-        for the CPU's seeds per call (latent_search.programs). At 256 px (config T) 430x the image (four
-        seeds in one call asked for 26.7 GB before the strips), where StyleGAN v1 and 2 hold about the
+        for the CPU's seeds per call (latent_search.programs). At 256 px (config T) 290x the image (four
+        seeds in one call asked for 26.7 GB), at 1024 px 20x, where StyleGAN v1 and 2 hold about the
         image's own."""
         return max(held_elements(s) for s in self.config.layer_specs()) // 3
 
