@@ -355,11 +355,15 @@ STRIP_ELEMENTS = 2**26
 STRIP_ROWS = 128  # at most; a multiple of every up factor (1, 2, 4), so that every strip has the same padding
 
 
+def upsampled_side(spec: LayerSpec) -> int:
+    """Side of a layer's upsampled signal (before the down filter): the convolution's output ("full": k - 1
+    wider) upsampled and padded, less the up filter's reach."""
+    return (spec.in_size + spec.conv_kernel - 1) * spec.up + sum(spec.padding) - spec.up_taps + 1
+
+
 def upsampled_elements(spec: LayerSpec) -> int:
-    """Elements per example of a layer's upsampled signal (before the down filter): the convolution's
-    output ("full": k - 1 wider) upsampled and padded, less the up filter's reach."""
-    side = (spec.in_size + spec.conv_kernel - 1) * spec.up + sum(spec.padding) - spec.up_taps + 1
-    return side * side * spec.out_channels
+    """Elements per example of a layer's upsampled signal."""
+    return upsampled_side(spec) ** 2 * spec.out_channels
 
 
 def held_elements(spec: LayerSpec) -> int:
@@ -367,8 +371,7 @@ def held_elements(spec: LayerSpec) -> int:
     rows = strip_rows(spec)
     if rows is None:
         return upsampled_elements(spec)
-    side = math.isqrt(upsampled_elements(spec) // spec.out_channels)
-    return (rows * spec.down + spec.down_taps) * side * spec.out_channels
+    return (rows * spec.down + spec.down_taps) * upsampled_side(spec) * spec.out_channels
 
 
 def strip_rows(spec: LayerSpec) -> int | None:
