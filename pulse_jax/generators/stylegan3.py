@@ -228,29 +228,44 @@ def layer_filters(spec: LayerSpec) -> tuple[np.ndarray | None, np.ndarray | None
 
 # Outputs per tile of the separable resampling. Each tile is one small dense matrix (the filter's taps at
 # their places) applied to a window of the input: the same matrix for every tile, as the operation repeats
-# with its period. Measured on 2 CPU cores (fwd+bwd of a layer's filtered leaky ReLU): 256 px config T,
-# 148 px layer of 512 channels, 9.6 s as shifted adds, 1.5 s tiled at 32, 1.2 s at 64; the 1024 px layer
-# of 1044 px and 81 channels 15.7 s, 13.5 s and 10.4 s (docs/stylegan.md, "StyleGAN3").
-TILE = 64
+# with its period. The windows are cut by slicing and the tiles multiplied as one batched matrix product
+# along the height (a width pass runs on the transposed signal), so that XLA moves no window in or out of
+# the product and the backward pass scatters nothing. Measured on 2 CPU cores, fwd+bwd of a layer's
+# filtered leaky ReLU (docs/stylegan.md, "StyleGAN3"): 256 px config T, 148 px layer of 512 channels, 9.6 s
+# as shifted adds, 1.2 s as windows gathered into tiles of 64, 0.7 s sliced into batched tiles of 32;
+# config R's 148 px layer of 1024 channels 8.1 s gathered, 2.9 s batched; the 1024 px layer of 1044 px and
+# 81 channels 15.7 s, 9.2 s and 4.2 s. With the batched form small tiles win (less of each matrix is zeros):
+# 16, 32 and 64 outputs took 2.7, 2.9 and 3.9 s on that R layer.
+TILE = 32
 HIGHEST = lax.Precision.HIGHEST
+
+
+def _windows(x: jax.Array, starts: np.ndarray, width: int) -> jax.Array:
+    """(B, H, ...) -> (B, T, width, ...): window t is rows ``starts[t]`` to ``starts[t] + width`` (zeros
+    outside x), for evenly spaced starts; cut from blocks of the spacing, without a gather."""
+    count, first = len(starts), int(starts[0])
+    stride = int(starts[1] - starts[0]) if count > 1 else width
+    extra = -(-max(width - stride, 0) // stride)                 # further blocks a window reaches into
+    span = (count + extra) * stride
+    before, after = max(0, -first), max(0, first + span - x.shape[1])
+    x = jnp.pad(x, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+    x = lax.slice_in_dim(x, first + before, first + before + span, axis=1)
+    blocks = x.reshape(x.shape[0], count + extra, stride, *x.shape[2:])
+    parts = [lax.slice_in_dim(blocks, j, j + count, axis=1) for j in range(extra + 1)]
+    return lax.slice_in_dim(jnp.concatenate(parts, axis=2), 0, width, axis=2)
 
 
 def _tiled(x: jax.Array, axis: int, starts: np.ndarray, matrix: jax.Array, length: int) -> jax.Array:
     """Along ``axis`` (1 or 2 of (B, H, W, C)): tile t's outputs are ``matrix @ x[starts[t] : starts[t] +
     width]`` (zeros outside x); the first ``length`` outputs."""
-    n, width = x.shape[axis], matrix.shape[1]
-    before = max(0, -int(starts.min()))
-    after = max(0, int(starts.max()) + width - 1 - (n - 1))
-    pads = [(0, 0)] * x.ndim
-    pads[axis] = (before, after)
-    windows = jnp.take(jnp.pad(x, pads), starts[:, None] + np.arange(width)[None, :] + before, axis=axis)
     if axis == 2:
-        y = jnp.einsum("bhtwc,jw->bhtjc", windows, matrix, precision=HIGHEST)
-    else:
-        y = jnp.einsum("btwxc,jw->btjxc", windows, matrix, precision=HIGHEST)
-    shape = list(y.shape)
-    shape[axis:axis + 2] = [shape[axis] * shape[axis + 1]]
-    return lax.slice_in_dim(y.reshape(shape), 0, length, axis=axis)
+        return jnp.swapaxes(_tiled(jnp.swapaxes(x, 1, 2), 1, starts, matrix, length), 1, 2)
+    windows = _windows(x, starts, matrix.shape[1])                # (B, T, width, W, C)
+    b, t, width = windows.shape[:3]
+    batched = jnp.broadcast_to(matrix, (b * t, *matrix.shape))    # small: T copies of the tile's matrix
+    y = lax.dot_general(batched, windows.reshape(b * t, width, -1), (((2,), (1,)), ((0,), (0,))),
+                        precision=HIGHEST)                        # (B T, tile, W C)
+    return lax.slice_in_dim(y.reshape(b, t * matrix.shape[0], *x.shape[2:]), 0, length, axis=1)
 
 
 def _tap_matrix(flipped: jax.Array, k_index: np.ndarray) -> jax.Array:
