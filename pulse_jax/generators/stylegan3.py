@@ -628,7 +628,9 @@ def _calibrated_state(graphdef, state, w):
     x = module.input(w[:, 0], "highest")
     for i, layer in enumerate(module.layers):
         layer.magnitude_ema.set_value(jnp.mean(jnp.square(x)))
-        x = layer(x, w[:, i + 1], "highest")
+        # One sample at a time: a layer holds one example's upsampled signal, not all the samples' (R at
+        # 1024 px, four at once, ran out of 24 GiB).
+        x = lax.map(lambda xw, layer=layer: layer(xw[0][None], xw[1][None], "highest")[0], (x, w[:, i + 1]))
     return nnx.split(module)[1]
 
 
