@@ -38,13 +38,14 @@ def converted(config, state):
 
 @pytest.mark.parametrize(("config", "transform"), [
     (T64, None),
-    pytest.param(R64, rotation_translation(0.3, 0.1, -0.05), marks=pytest.mark.slow),
     pytest.param(StyleGAN3Config(resolution=128, channel_base=512, channel_max=16, num_layers=10), None,
                  marks=pytest.mark.slow),
     pytest.param(StyleGAN3Config(resolution=256, channel_base=512, channel_max=8, conv_kernel=1, radial_filters=True),
                  rotation_translation(-0.2, 0.0, 0.08), marks=pytest.mark.slow),
-], ids=["T64", "R64-transformed", "T128", "R256-transformed"])
+], ids=["T64", "T128", "R256-transformed"])
 def test_synthesis_matches_the_reference(config, transform):
+    """Config R is checked at 256 px with a rotated and translated input (an R64 case with its own
+    transform added nothing to that: 25 s of the suite's time); T at 64 and 128 px."""
     state = random_state(config, seed=1, transform=transform)
     g, synthesis, _ = converted(config, state)
     ws = torch.randn(2, config.num_ws, config.dlatent_size, generator=torch.Generator().manual_seed(5))
