@@ -100,18 +100,14 @@ def test_upsample_with_an_lpips_term(micro_model_dir, perceptual, tmp_path):
     assert r.returncode == 0 and "0 already done" in r.stdout, r.stdout
 
 
-@pytest.mark.slow  # 20-40 s a family on 2 cores (a random model's init, VGG16 at 64 px in its step)
-@pytest.mark.parametrize("family", ["stylegan2", "stylegan3"])
-def test_the_extended_terms_act_on_every_family(family, perceptual, gaussian_fit):
+@pytest.mark.slow  # 30 s on 2 cores (a random model's init, VGG16 at 64 px in its step)
+def test_the_extended_terms_act_on_another_family(perceptual, gaussian_fit):
     """LPIPS and NOISEREG act on the image and the searched maps, not on a family's layers: at step 0 on a
-    StyleGAN2 (noise maps searched) and a StyleGAN3 (none, so NOISEREG adds nothing) the two terms are their
-    formulas of that step's image and maps. (StyleGAN v1: the tests above and tests/noise_test.py, on the
-    32 px generator, where searches with each term reach eps.)"""
-    from pulse_jax.generators.stylegan3 import PRESETS as SG3
-
-    config = {"stylegan2": pj.StyleGAN2Config(resolution=32, channel_base=256, channel_max=16),
-              "stylegan3": SG3["t_tiny_64"]}[family]
-    model = pj.Model.random(config, seed=2).with_gaussian_fit((gaussian_fit["mean"].numpy(),
+    StyleGAN2 (its own layers, noise maps searched) the two terms are their formulas of that step's image and
+    maps. (StyleGAN v1: the tests above and tests/noise_test.py, where searches with each term reach eps.
+    A StyleGAN3 case, no maps, passed too but cost 68 s of the suite's time: the terms see only the image.)"""
+    architecture = pj.StyleGAN2Config(resolution=32, channel_base=256, channel_max=16)
+    model = pj.Model.random(architecture, seed=2).with_gaussian_fit((gaussian_fit["mean"].numpy(),
                                                                gaussian_fit["std"].numpy()))
     rng = np.random.default_rng(0)
     init = pj.SearchInit(rng.standard_normal((1, 1, model.num_ws, 512)).astype(np.float32),
@@ -129,8 +125,8 @@ def test_the_extended_terms_act_on_every_family(family, perceptual, gaussian_fit
     image, _ = generate(spec, model.search_params(), model.gaussian_fit, params, fixed)
     lpips = float(distance_one(perceptual.params, spec.degradation.apply(image[None], factor)[0], jnp.asarray(lr[0])))
     maps = [jnp.asarray(init.noise[i][0, 0])[None] for i in step0.searched_noise]
-    assert bool(maps) == (family == "stylegan2") and lpips > 1e-4
-    noisereg = float(losses.noise_regularization(maps)) if maps else 0.0
+    assert maps and lpips > 1e-4
+    noisereg = float(losses.noise_regularization(maps))
     # LPIPS to 1e-3: the search's program may run the family's prepared forms, which round otherwise
     # (StyleGAN2 here, measured 1.5e-4; StyleGAN3 1e-7); NOISEREG of the same maps to 1e-5. A wrong term (not
     # degraded, another weight, a pyramid level missing) is off by far more.
