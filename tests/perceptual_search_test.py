@@ -33,6 +33,17 @@ def step0_loss(micro, lr, loss_str, degradation, perceptual, masks=None):
     return float(result.loss_history[0, 0, 0]), config, init
 
 
+def step0_image(model, config, init, lr_size):
+    """The image the step-0 loss sees (before the [0, 1] clip of the images a search returns), from the
+    first image and seed of ``init``."""
+    spec = make_spec(model.generator, config, lr_size, pj.RunOptions().resolved())
+    params = {"latent": jnp.asarray(init.latent[0, 0]),
+              "noise": tuple(jnp.asarray(init.noise[i][0, 0])[None] for i in spec.trainable)}
+    fixed = tuple(jnp.asarray(init.noise[i][0, 0])[None] for i in spec.fixed)
+    image, _ = generate(spec, model.search_params(), model.gaussian_fit, params, fixed)
+    return image, spec
+
+
 @pytest.mark.parametrize("degradation", ["bicubic", "box+gray", "bicubic+mask"])
 def test_the_term_is_lpips_of_the_degraded_image_and_the_observation(micro, perceptual, degradation):
     """At step 0 the loss 2*LPIPS is exactly 2 LPIPS(D(G(w)), observation): a one-channel observation compared
@@ -43,11 +54,7 @@ def test_the_term_is_lpips_of_the_degraded_image_and_the_observation(micro, perc
         masks = np.ones((1, 16, 16), np.float32)
         masks[:, 4:12, 2:9] = 0
     got, config, init = step0_loss(micro, lr, "2*LPIPS", degradation, perceptual, masks)
-    spec = make_spec(micro.generator, config, 16, pj.RunOptions().resolved())
-    params = {"latent": jnp.asarray(init.latent[0, 0]), "noise": tuple(jnp.asarray(init.noise[i][0, 0])[None]
-                                                                      for i in spec.trainable)}
-    fixed = tuple(jnp.asarray(init.noise[i][0, 0])[None] for i in spec.fixed)
-    image, _ = generate(spec, micro.search_params(), micro.gaussian_fit, params, fixed)
+    image, spec = step0_image(micro, config, init, 16)
     d = spec.degradation
     a, b = d.apply(image[None], 2)[0], d.observe(jnp.asarray(lr))[0]
     if masks is not None:
@@ -117,12 +124,7 @@ def test_the_extended_terms_act_on_another_family(perceptual, gaussian_fit):
 
     config = pj.PulseConfig(steps=1, loss_str="0.5*LPIPS+NOISEREG")
     step0 = pj.search(model, lr, config, init=init, perceptual=perceptual)
-    # The image the loss sees (before the [0, 1] clip of the images a search returns), as the test above.
-    spec = make_spec(model.generator, config, 16, pj.RunOptions().resolved())
-    params = {"latent": jnp.asarray(init.latent[0, 0]),
-              "noise": tuple(jnp.asarray(init.noise[i][0, 0])[None] for i in spec.trainable)}
-    fixed = tuple(jnp.asarray(init.noise[i][0, 0])[None] for i in spec.fixed)
-    image, _ = generate(spec, model.search_params(), model.gaussian_fit, params, fixed)
+    image, spec = step0_image(model, config, init, 16)
     lpips = float(distance_one(perceptual.params, spec.degradation.apply(image[None], factor)[0], jnp.asarray(lr[0])))
     maps = [jnp.asarray(init.noise[i][0, 0])[None] for i in step0.searched_noise]
     assert maps and lpips > 1e-4

@@ -262,7 +262,7 @@ def _tiled(x: jax.Array, axis: int, starts: np.ndarray, matrix: jax.Array, lengt
         return jnp.swapaxes(_tiled(jnp.swapaxes(x, 1, 2), 1, starts, matrix, length), 1, 2)
     windows = _windows(x, starts, matrix.shape[1])                # (B, T, width, W, C)
     b, t, width = windows.shape[:3]
-    batched = jnp.broadcast_to(matrix, (b * t, *matrix.shape))    # small: T copies of the tile's matrix
+    batched = jnp.broadcast_to(matrix, (b * t, *matrix.shape))    # small: B T copies of the tile's matrix
     y = lax.dot_general(batched, windows.reshape(b * t, width, -1), (((2,), (1,)), ((0,), (0,))),
                         precision=HIGHEST)                        # (B T, tile, W C)
     return lax.slice_in_dim(y.reshape(b, t * matrix.shape[0], *x.shape[2:]), 0, length, axis=1)
