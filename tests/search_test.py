@@ -271,6 +271,18 @@ def test_second_search_does_not_recompile(micro):
     assert not first or {"init_states", "run_one_step", "images_of"} <= set(first), first
 
 
+def test_searches_differing_only_in_their_objective_share_start_and_image_programs(micro):
+    """Only the step program reads the loss, eps, degradation and learning rate: a search that changes
+    those compiles its step, never its start (init_states) or image (images_of) program again."""
+    lr = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+    base = pj.PulseConfig(steps=3, eps=0.01)
+    pj.search(micro, lr, base, seeds=1, key=jax.random.key(0))
+    other = pj.PulseConfig(steps=3, eps=0.02, learning_rate=0.2, loss_str="100*L2", degradation="box")
+    with counting_compiles() as compiled:
+        pj.search(micro, lr, other, seeds=1, key=jax.random.key(0))
+    assert set(compiled) == {"run_one_step"}, compiled
+
+
 def test_bad_inputs_are_refused_clearly(micro):
     model = micro
     with pytest.raises(pj.PulseJaxError, match="must divide"):

@@ -26,6 +26,7 @@ def over_images_and_seeds(fn, per_seed_in_axes, per_image_in_axes):
 @functools.partial(jax.jit, static_argnames=("spec",))
 def init_states(spec: Spec, keys, latent, noise) -> SearchState:
     """keys (N, S); latent (N, S, Lt, D) or None; noise: one (N, S, r, r) array per map, or None.
+    ``spec``: a search's ``spec.for_init()`` (one compile for the searches that start alike).
 
     A loop over the examples, not a vmap: the same draws (each key's own), but a vmapped draw is a
     batched multi-dimensional threefry, which XLA:CPU compiles far slower (layers.standard_normal), in
@@ -73,7 +74,8 @@ def run_one_step(spec: Spec, state: SearchState, lr_images, masks, gen_params, f
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def images_of(spec: Spec, params, fixed_noise, gen_params, fit) -> jax.Array:
-    """(N, S, R, R, 3) images of the given per-example params, clipped to [0, 1]."""
+    """(N, S, R, R, 3) images of the given per-example params, clipped to [0, 1]. ``spec``: a search's
+    ``spec.for_images()``."""
     return over_images_and_seeds(functools.partial(image_one, spec, gen_params, fit), 0, 0)(params, fixed_noise)
 
 
@@ -93,7 +95,7 @@ def compile_step_program(model, seeds: int, lr_size: int, options: RunOptions | 
     options = dataclasses.replace(options or RunOptions(), step_loop=(options and options.step_loop) or "host")
     options = options.resolved()
     spec = make_spec(model.generator, PulseConfig(), lr_size, options)
-    state = jax.eval_shape(lambda: init_states(spec, seed_keys(jax.random.key(0), 1, seeds), None, None))
+    state = jax.eval_shape(lambda: init_states(spec.for_init(), seed_keys(jax.random.key(0), 1, seeds), None, None))
     lr = jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32)
     gen, fit = model.search_params(options.generator_options(model.generator)), model.gaussian_fit
     if options.step_loop == "device":
