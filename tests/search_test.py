@@ -261,14 +261,15 @@ def test_same_key_same_bits(micro):
 def test_second_search_does_not_recompile(micro):
     model = micro
     lr = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
-    config = pj.PulseConfig(steps=4)
+    config = pj.PulseConfig(steps=4, learning_rate=0.37)  # a step program no other test compiles
     with counting_compiles() as first:
         pj.search(model, lr, config, pj.RunOptions(chunk_steps=3), seeds=2, key=jax.random.key(0))
     with counting_compiles() as second:
         pj.search(model, lr * 0.5, config, pj.RunOptions(chunk_steps=3), seeds=2, key=jax.random.key(1))
     assert second == {}, second
-    # The first compiled the search's programs, unless an earlier test in this process had (then none).
-    assert not first or {"init_states", "run_one_step", "images_of"} <= set(first), first
+    # The count sees compiles: the first compiled its step program (its start and image programs too,
+    # unless an earlier test in this process had: searches differing in their objective share them).
+    assert "run_one_step" in first, first
 
 
 def test_searches_differing_only_in_their_objective_share_start_and_image_programs(micro):

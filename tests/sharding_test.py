@@ -19,7 +19,7 @@ m = pj.Model.from_arrays(m.config, m.synthesis.pure(),
                          gaussian_fit=(fit["mean"].numpy(), fit["std"].numpy()))
 config = pj.PulseConfig(steps=2)
 # Images split (8 images over the two devices asked for), then seeds split (2 images do not divide 8
-# devices: their 8 seeds do). Four compiles: each split's program and the one-device program it must equal.
+# devices: their 8 seeds do). Four searches: each split and the one-device search it must equal.
 for n, s, options in ((8, 1, pj.RunOptions(devices=jax.devices()[:2])), (2, 8, pj.RunOptions(shard=True))):
     lr = np.random.default_rng(n).random((n, 8, 8, 3), dtype=np.float32)
     one = pj.search(m, lr, config, pj.RunOptions(shard=False), seeds=s, key=jax.random.key(0))
