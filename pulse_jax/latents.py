@@ -178,7 +178,7 @@ def render(model, latents: Latents, options=None) -> np.ndarray:
                                                                               for i in spec.trainable)}
         fixed = tuple(noise[i][..., None, :, :] for i in spec.fixed)
         gen = model.search_params(options.generator_options(model.generator))
-        return np.asarray(programs.images_of(spec.for_images(), params, fixed, gen, model.gaussian_fit))[0]
+        return np.asarray(programs.images_of(spec, params, fixed, gen, model.gaussian_fit))[0]
     noise = latents.noise or getattr(model, "stored_noise", None) or [np.zeros((seeds, *s), np.float32)
                                                                        for s in model.noise_shapes()]
     noise = [jnp.broadcast_to(jnp.asarray(x), (seeds, *np.shape(x)[-2:])) for x in noise]

@@ -197,7 +197,7 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         keys, latent, noise = placement.examples((keys, latent, noise))
         lr_images, masks = placement.images((lr_images, masks))
         gen_params, fit, perceptual_params = placement.everywhere((gen_params, fit, perceptual_params))
-    state = programs.init_states(spec.for_init(), keys, latent, noise)
+    state = programs.init_states(spec, keys, latent, noise)
     if placement is not None:
         state = placement.examples(state)
     chunk = options.chunk_steps or max(1, -(-config.steps // 10))
@@ -224,9 +224,9 @@ def search(model: Model, lr_images, config: PulseConfig | None = None, options: 
         if on_chunk is not None:
             state = programs.join_seeds(parts)
             on_chunk(Chunk(done, state, lambda state=state: np.asarray(
-                programs.images_of(spec.for_images(), state.params, state.fixed_noise, gen_params, fit))))
+                programs.images_of(spec, state.params, state.fixed_noise, gen_params, fit))))
     state = programs.join_seeds(parts)
-    images = programs.images_of(spec.for_images(), state.best_params, state.fixed_noise, gen_params, fit)
+    images = programs.images_of(spec, state.best_params, state.fixed_noise, gen_params, fit)
     noise_maps = all_noise(spec, state.params["noise"], state.fixed_noise)
     best_maps = all_noise(spec, state.best_params["noise"], state.fixed_noise)
     fetch = jax.device_get if placement is None else placement.fetch

@@ -23,12 +23,15 @@ def over_images_and_seeds(fn, per_seed_in_axes, per_image_in_axes):
     return jax.vmap(jax.vmap(fn, in_axes=per_seed_in_axes), in_axes=per_image_in_axes)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
 def init_states(spec: Spec, keys, latent, noise) -> SearchState:
     """keys (N, S); latent (N, S, Lt, D) or None; noise: one (N, S, r, r) array per map, or None.
-    ``spec``: a search's ``spec.for_init()`` (one compile for the searches that start alike).
+    Compiled for ``spec.for_init()``: one program for the searches that start alike."""
+    return _init_states(spec.for_init(), keys, latent, noise)
 
-    A loop over the examples, not a vmap: the same draws (each key's own), but a vmapped draw is a
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _init_states(spec: Spec, keys, latent, noise) -> SearchState:
+    """A loop over the examples, not a vmap: the same draws (each key's own), but a vmapped draw is a
     batched multi-dimensional threefry, which XLA:CPU compiles far slower (layers.standard_normal), in
     every search's first call (benchmarks/RESULTS.md, "Measurements behind the code")."""
     n, s = keys.shape
@@ -72,15 +75,19 @@ def run_one_step(spec: Spec, state: SearchState, lr_images, masks, gen_params, f
     return batched_step(spec)(state, lr_images, masks, gen_params, fit, perceptual)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
 def images_of(spec: Spec, params, fixed_noise, gen_params, fit) -> jax.Array:
-    """(N, S, R, R, 3) images of the given per-example params, clipped to [0, 1]. ``spec``: a search's
+    """(N, S, R, R, 3) images of the given per-example params, clipped to [0, 1]; compiled for
     ``spec.for_images()``."""
+    return _images_of(spec.for_images(), params, fixed_noise, gen_params, fit)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _images_of(spec: Spec, params, fixed_noise, gen_params, fit) -> jax.Array:
     return over_images_and_seeds(functools.partial(image_one, spec, gen_params, fit), 0, 0)(params, fixed_noise)
 
 
 # Every jitted program a search runs (a test checks that a second search compiles none of them again).
-PROGRAMS = (init_states, run_steps, run_one_step, images_of)
+PROGRAMS = (_init_states, run_steps, run_one_step, _images_of)
 
 
 def default_step_loop() -> str:
@@ -95,7 +102,7 @@ def compile_step_program(model, seeds: int, lr_size: int, options: RunOptions | 
     options = dataclasses.replace(options or RunOptions(), step_loop=(options and options.step_loop) or "host")
     options = options.resolved()
     spec = make_spec(model.generator, PulseConfig(), lr_size, options)
-    state = jax.eval_shape(lambda: init_states(spec.for_init(), seed_keys(jax.random.key(0), 1, seeds), None, None))
+    state = jax.eval_shape(lambda: init_states(spec, seed_keys(jax.random.key(0), 1, seeds), None, None))
     lr = jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32)
     gen, fit = model.search_params(options.generator_options(model.generator)), model.gaussian_fit
     if options.step_loop == "device":
